@@ -1,0 +1,80 @@
+"""The ``kubefusion`` command line.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; only the
+chosen one is imported, so ``kubefusion --help`` and ``kubefusion data validate`` never pay for importing
+TensorFlow or torch they do not use. A :class:`~kubefusion.errors.UserError` becomes one ``error:`` line on
+stderr and exit code 2; a rank's failure under torchrun surfaces the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from kubefusion import __version__
+from kubefusion.errors import UserError
+
+# (words, module, one-line help). The module implements add_arguments(parser) and run(args) -> int.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("data", "synth"), "kubefusion.data.synth", "write the built-in demo dataset"),
+    (("data", "validate"), "kubefusion.data.validate", "check, join and count a dataset"),
+    (("preprocess",), "kubefusion.preprocess.cli", "export the preprocessing graph (SavedModel + ONNX)"),
+    (("train",), "kubefusion.train.cli", "train (under torchrun, or as one process)"),
+    (("run",), "kubefusion.local", "run a MultimodalTrainJob file end to end (--local)"),
+    (("export",), "kubefusion.serve.export", "export a trained checkpoint as ONNX"),
+    (("predict",), "kubefusion.serve.predict", "predict with the ONNX artifacts alone"),
+]
+
+
+def _usage() -> str:
+    lines = [f"kubefusion {__version__}: multimodal training, local or on Kubernetes", "", "commands:"]
+    for words, _, help_ in COMMANDS:
+        lines.append(f"  {' '.join(words):<16} {help_}")
+    lines += ["", "run 'kubefusion COMMAND --help' for a command's options"]
+    return "\n".join(lines)
+
+
+def _find(argv: list[str]) -> tuple[tuple[str, ...], str, str] | None:
+    for entry in sorted(COMMANDS, key=lambda c: -len(c[0])):
+        words = entry[0]
+        if tuple(argv[: len(words)]) == words:
+            return entry
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"kubefusion {__version__}")
+        return 0
+    entry = _find(argv)
+    if entry is None:
+        print(_usage(), file=sys.stderr)
+        print(f"\nerror: unknown command {' '.join(argv[:2])!r}", file=sys.stderr)
+        return 2
+    words, module_name, help_ = entry
+    parser = argparse.ArgumentParser(prog="kubefusion " + " ".join(words), description=help_)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    module = importlib.import_module(module_name)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[len(words):])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        rank = os.environ.get("RANK")
+        prefix = f"error (rank {rank})" if rank not in (None, "0") else "error"
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

