@@ -1,0 +1,244 @@
+"""Names shared by the CRD, the operator and the pods: API identity, labels, paths, phases and conditions.
+
+Everything here is a constant or a pure helper. The cluster contract itself (paths, commands, environment) is
+fixed in ``docs/architecture.md``; this module spells it once so builders, handlers and tests agree.
+
+Conditions follow the Kubernetes conventions (``metav1.Condition``): ``type`` in CamelCase with positive
+polarity, ``status`` one of ``"True"``, ``"False"``, ``"Unknown"``, a CamelCase ``reason``, a human
+``message``, ``lastTransitionTime`` (RFC 3339) that moves only when ``status`` changes, and
+``observedGeneration``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any
+
+# ------------------------------------------------------------------------------------------ our API
+
+GROUP = "kubefusion.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MultimodalTrainJob"
+PLURAL = "multimodaltrainjobs"
+SINGULAR = "multimodaltrainjob"
+SHORT_NAME = "mmtj"
+CATEGORIES = ("kubefusion",)
+"""``kubectl get kubefusion``. Not ``all``: a training job is not a workload primitive, and joining ``all``
+makes ``kubectl delete all --all`` delete training runs by surprise."""
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# --------------------------------------------------------------------------- the Kubeflow backend
+
+PYTORCHJOB_GROUP = "kubeflow.org"
+PYTORCHJOB_VERSION = "v1"
+PYTORCHJOB_API_VERSION = f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}"
+PYTORCHJOB_KIND = "PyTorchJob"
+PYTORCHJOB_PLURAL = "pytorchjobs"
+PYTORCHJOB_CRD_NAME = f"{PYTORCHJOB_PLURAL}.{PYTORCHJOB_GROUP}"
+PYTORCHJOB_DEFAULT_PORT = 23456
+"""The rendezvous port Kubeflow's training operator defaults to (``pytorchjob-port``); spelled out so the
+rendered manifest is complete without the training operator's defaulting webhook."""
+PYTORCHJOB_PORT_NAME = "pytorchjob-port"
+GPU_RESOURCE = "nvidia.com/gpu"
+REPLICA_MASTER = "Master"
+REPLICA_WORKER = "Worker"
+
+# --------------------------------------------------------------------------------------- labels
+
+LABEL_PREFIX = "kubefusion.io/"
+LABEL_JOB_NAME = LABEL_PREFIX + "job-name"
+"""On every child object and pod: the owning MultimodalTrainJob's name (selectors, PodMonitors, metrics)."""
+LABEL_COMPONENT = LABEL_PREFIX + "component"
+"""``training`` on the PyTorchJob and its pods, ``job-config`` on the ConfigMap."""
+
+LABEL_APP_NAME = "app.kubernetes.io/name"
+LABEL_APP_INSTANCE = "app.kubernetes.io/instance"
+LABEL_APP_COMPONENT = "app.kubernetes.io/component"
+LABEL_APP_PART_OF = "app.kubernetes.io/part-of"
+LABEL_APP_MANAGED_BY = "app.kubernetes.io/managed-by"
+APP_NAME = "kubefusion"
+MANAGER_NAME = "kubefusion-operator"
+"""``app.kubernetes.io/managed-by`` value and the field manager name for server-side apply."""
+COMPONENT_TRAINING = "training"
+COMPONENT_CONFIG = "job-config"
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""Kueue admits a PyTorchJob carrying this label through the named LocalQueue."""
+
+# --------------------------------------------------------------------------- inside the pods
+
+CONFIG_MAP_SUFFIX = "-config"
+CONFIG_KEY = "job.yaml"
+CONFIG_DIR = "/etc/kubefusion"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+DATA_DIR = "/data"
+ARTIFACTS_DIR = "/artifacts"
+CHECKPOINTS_DIR = "/checkpoints"
+SHM_DIR = "/dev/shm"
+TRAINER_CONTAINER = "pytorch"
+"""Kubeflow's training operator finds the training container by this exact name."""
+PREPROCESS_CONTAINER = "preprocess"
+PREPROCESS_COMMAND = ("kubefusion", "preprocess", "--config", CONFIG_PATH, "--out", ARTIFACTS_DIR)
+TRAIN_COMMAND = ("torchrun", "-m", "kubefusion", "train", "--config", CONFIG_PATH,
+                 "--artifacts", ARTIFACTS_DIR, "--output", CHECKPOINTS_DIR)
+ENV_NAMESPACE = "KUBEFUSION_NAMESPACE"
+ENV_JOB_NAME = "KUBEFUSION_JOB_NAME"
+URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+"""``gs://``, ``s3://``, ``hdfs://``, ...: read by tf.io.gfile in the pod, never rewritten to a mount path."""
+BUILTIN_PREFIX = "builtin:"
+"""``builtin:demo``: data the trainer synthesises itself, never rewritten to a mount path."""
+RUN_AS_USER = 1000
+"""Pods run as this non-root uid/gid; ``fsGroup`` makes mounted volumes writable for it."""
+
+
+def config_map_name(job_name: str) -> str:
+    """``<job>-config``: the ConfigMap holding the trainer's ``job.yaml``."""
+    return job_name + CONFIG_MAP_SUFFIX
+
+
+# ----------------------------------------------------------------------------------------- phases
+
+
+class Phase(str, Enum):
+    """``status.phase`` of a MultimodalTrainJob.
+
+    ``Pending``: accepted, no PyTorchJob yet (or the training operator has not picked it up).
+    ``Created``: the PyTorchJob exists; pods are being scheduled (gang scheduling may hold them).
+    ``Running``: training. ``Restarting``: a pod failed and is being restarted within ``backoffLimit``.
+    ``Suspended``: ``runPolicy.suspend`` is true or a queue (Kueue) holds the job.
+    ``Succeeded`` / ``Failed``: terminal; a terminal phase never changes again.
+
+    Values are plain strings; use ``.value`` (or ``str``) when writing YAML, which cannot dump enums.
+    """
+
+    PENDING = "Pending"
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# ------------------------------------------------------------------------------------- conditions
+
+
+class ConditionType:
+    """Condition types on ``status.conditions``.
+
+    The first six mirror the PyTorchJob's own conditions (same names, reasons and messages). The last two are
+    the operator's: ``SpecValid`` (``False`` with reason ``InvalidSpec`` or ``ImmutableFieldChanged``) and
+    ``BackendAvailable`` (``False`` with reason ``BackendUnavailable`` when the PyTorchJob CRD is missing).
+    """
+
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SPEC_VALID = "SpecValid"
+    BACKEND_AVAILABLE = "BackendAvailable"
+
+
+MIRRORED_CONDITION_TYPES = (
+    ConditionType.CREATED, ConditionType.RUNNING, ConditionType.RESTARTING,
+    ConditionType.SUSPENDED, ConditionType.SUCCEEDED, ConditionType.FAILED,
+)
+"""The PyTorchJob condition types copied onto our status, in their usual order of appearance."""
+
+
+class Reason:
+    """CamelCase ``reason`` values the operator itself writes (mirrored conditions keep Kubeflow's reasons)."""
+
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
+    BACKEND_AVAILABLE = "BackendAvailable"
+    BACKEND_UNAVAILABLE = "BackendUnavailable"
+    WAITING_FOR_BACKEND = "WaitingForTrainingOperator"
+    """The PyTorchJob exists but carries no status yet: is Kubeflow's training operator running?"""
+    CHILD_PENDING = "PyTorchJobPending"
+    """No PyTorchJob yet: the operator has not created it (or it was deleted and is being re-created)."""
+
+
+CONDITION_TRUE = "True"
+CONDITION_FALSE = "False"
+CONDITION_UNKNOWN = "Unknown"
+_STATUSES = (CONDITION_TRUE, CONDITION_FALSE, CONDITION_UNKNOWN)
+
+
+def _status_string(status: str | bool) -> str:
+    if isinstance(status, bool):
+        return CONDITION_TRUE if status else CONDITION_FALSE
+    if status not in _STATUSES:
+        raise ValueError(f"condition status must be one of {', '.join(_STATUSES)} (got {status!r})")
+    return status
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of this type, or ``None``."""
+    for condition in conditions or ():
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def is_condition_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    condition = get_condition(conditions, type_)
+    return condition is not None and condition.get("status") == CONDITION_TRUE
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type: str,  # noqa: A002 - the Kubernetes field name
+    status: str | bool,
+    reason: str,
+    message: str,
+    now: str,
+    *,
+    observed_generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """Return a new condition list with ``type`` set; the input list and its dicts are not modified.
+
+    ``lastTransitionTime`` becomes ``now`` only when the condition is new or its ``status`` changes; a new
+    reason or message alone keeps the old time (that is what "transition" means in the conventions).
+    ``status`` may be a bool. A new type is appended; existing conditions keep their order.
+    """
+    status = _status_string(status)
+    updated: list[dict[str, Any]] = []
+    found = False
+    for condition in conditions or ():
+        if condition.get("type") != type:
+            updated.append(dict(condition))
+            continue
+        found = True
+        changed = condition.get("status") != status
+        new = {
+            "type": type,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now if changed or not condition.get("lastTransitionTime")
+            else condition["lastTransitionTime"],
+        }
+        if observed_generation is not None:
+            new["observedGeneration"] = observed_generation
+        elif "observedGeneration" in condition:
+            new["observedGeneration"] = condition["observedGeneration"]
+        updated.append(new)
+    if not found:
+        new = {"type": type, "status": status, "reason": reason, "message": message, "lastTransitionTime": now}
+        if observed_generation is not None:
+            new["observedGeneration"] = observed_generation
+        updated.append(new)
+    return updated
