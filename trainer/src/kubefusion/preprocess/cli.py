@@ -1,0 +1,34 @@
+"""``kubefusion preprocess --config job.yaml --out ARTIFACTS``: the init container's command.
+
+Computes the content key, reuses ``ARTIFACTS/<key>/`` when it exists (seconds, no TensorFlow import), else
+exports the preprocessing graph (SavedModel + ONNX + tokenizer + manifest) and publishes it atomically.
+Safe to run in every pod at once. Prints the artifact folder; ``--json`` prints a summary instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="MultimodalTrainJob YAML file")
+    parser.add_argument("--out", required=True, type=Path, help="ARTIFACTS folder (shared by all pods)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset folder to use instead of spec.data.path (e.g. a local copy)")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubefusion.config import load_job_file
+    from kubefusion.preprocess.export import prepare
+
+    job = load_job_file(args.config)
+    result = prepare(job, args.out, data_root=args.data)
+    if args.json:
+        print(json.dumps({"artifact": str(result.artifact_dir), "content_key": result.content_key,
+                          "reused": result.reused, "seconds": round(result.seconds, 3)}))
+    else:
+        print(result.artifact_dir)
+    return 0
