@@ -1,0 +1,58 @@
+"""File access through ``tf.io.gfile``, so a dataset root may be a local path or a URI (``gs://``, ``s3://``,
+``hdfs://``: whatever file systems the installed TensorFlow registers).
+
+TensorFlow is imported on first use, not at import time: ``kubefusion data validate --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from pathlib import Path
+from typing import IO, Any
+
+
+@functools.cache
+def gfile() -> Any:
+    import tensorflow as tf  # noqa: PLC0415 (deliberately lazy)
+
+    return tf.io.gfile
+
+
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def join(root: str | Path, *parts: str) -> str:
+    """Join path parts; URIs keep forward slashes whatever the local OS."""
+    if is_uri(root):
+        return posixpath.join(str(root), *parts)
+    return str(Path(root).joinpath(*parts))
+
+
+def resolve(root: str | Path, path: str) -> str:
+    """``path`` as written in a manifest: absolute paths and URIs stand, anything else is under ``root``."""
+    if is_uri(path) or Path(path).is_absolute():
+        return path
+    return join(root, path)
+
+
+def exists(path: str) -> bool:
+    return bool(gfile().exists(path))
+
+
+def isdir(path: str) -> bool:
+    return bool(gfile().isdir(path))
+
+
+def listdir(path: str) -> list[str]:
+    return list(gfile().listdir(path))
+
+
+def open_binary(path: str) -> IO[bytes]:
+    return gfile().GFile(path, "rb")
+
+
+def read_bytes(path: str) -> bytes:
+    with open_binary(path) as fh:
+        return fh.read()

@@ -1,0 +1,228 @@
+"""The tf.data input pipeline that feeds PyTorch.
+
+Use::
+
+    encoded = encode_records(splits["train"], tokenizer=tok, max_tokens=24)   # tokenize once
+    for epoch in range(epochs):
+        for batch in torch_batches(encoded, image_size=32, batch_size=64, rank=rank, world_size=world,
+                                   seed=seed, epoch=epoch, shuffle=True):
+            ...                       # batch: dict of torch tensors, see BATCH_KEYS
+
+:func:`build_dataset` and :func:`torch_batches` accept the records themselves too (then they tokenize on
+every call); pass :class:`EncodedRecords` to tokenize once for all epochs.
+
+Per batch (B = batch size, T = max_tokens, F = numeric columns):
+``image`` uint8 [B,H,W,3]; ``input_ids`` int64 [B,T]; ``attention_mask`` int64 [B,T]; ``numeric`` float32 [B,F]
+raw (NaN = missing value); ``label`` int64 [B]; ``modality_mask`` bool [B,3] (image, text, numeric);
+``valid`` bool [B] (False for padding records); ``index`` int64 [B] (position of the record in the list given,
+to map predictions back to ids).
+
+Order and sharding: each epoch draws one permutation of all records from ``(seed, epoch)`` (an exact global
+shuffle: no shuffle buffer), pads it by repeating records from its start up to a multiple of ``world_size``
+(the repeats carry ``valid=False``), and deals it out round-robin, so rank r gets positions r, r+W, r+2W, ...
+Every rank therefore gets ``ceil(N / W)`` records and exactly :func:`batches_per_epoch` batches, of equal sizes
+on every rank (the last may be smaller than ``batch_size``, the same on all ranks), so DDP never waits on a
+rank that ran out. Same seed, epoch and rank: same batches.
+
+Missing modalities (``missingModality: keep``): the image is zeros, the text is the tokenized empty string
+([CLS] [SEP], so attention never sees an all-masked row), numeric is zeros; ``modality_mask`` says which.
+
+Images are read and decoded by TensorFlow in parallel (AUTOTUNE), resized to ``image_size`` uint8 with
+:mod:`kubefusion.data.images` (the same ops serving uses); tokens, numbers and labels are gathered per batch from
+the pre-tokenized arrays. Batches reach torch through ``torch.from_numpy`` on the arrays TF hands back: no copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kubefusion.data.images import decode_and_resize, decode_image_file
+from kubefusion.data.records import Record
+from kubefusion.errors import DataError
+
+__all__ = [
+    "BATCH_KEYS",
+    "EncodedRecords",
+    "batches_per_epoch",
+    "build_dataset",
+    "decode_image_file",
+    "encode_records",
+    "epoch_indices",
+    "torch_batches",
+]
+
+BATCH_KEYS = ("image", "input_ids", "attention_mask", "numeric", "label", "modality_mask", "valid", "index")
+
+_TOKENIZE_CHUNK = 4096
+
+
+@dataclass
+class EncodedRecords:
+    """Records as columns, tokenized once. Tokens are kept narrow (int32, uint8) and widened per batch."""
+
+    ids: list[str]
+    image_paths: np.ndarray
+    """bytes [N]; b"" where the record has no image."""
+    input_ids: np.ndarray
+    """int32 [N, T]"""
+    attention_mask: np.ndarray
+    """uint8 [N, T]"""
+    numeric: np.ndarray
+    """float32 [N, F]"""
+    label: np.ndarray
+    """int64 [N]"""
+    modality_mask: np.ndarray
+    """bool [N, 3]"""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def encode_records(
+    records: Sequence[Record], *, tokenizer: Any, max_tokens: int, num_numeric: int | None = None
+) -> EncodedRecords:
+    """Tokenize every text (padded/truncated to ``max_tokens``) and stack the other columns."""
+    n = len(records)
+    if num_numeric is None:
+        num_numeric = len(records[0].numeric) if records else 0
+    texts = [r.text if r.text is not None else "" for r in records]
+    input_ids = np.zeros((n, max_tokens), dtype=np.int32)
+    attention = np.zeros((n, max_tokens), dtype=np.uint8)
+    for start in range(0, n, _TOKENIZE_CHUNK):
+        chunk = tokenizer(
+            texts[start:start + _TOKENIZE_CHUNK], padding="max_length", truncation=True, max_length=max_tokens,
+            return_attention_mask=True, return_tensors="np",
+        )
+        input_ids[start:start + _TOKENIZE_CHUNK] = chunk["input_ids"]
+        attention[start:start + _TOKENIZE_CHUNK] = chunk["attention_mask"]
+    numeric = np.zeros((n, num_numeric), dtype=np.float32)
+    for i, record in enumerate(records):
+        if record.mask[2]:
+            if len(record.numeric) != num_numeric:
+                raise DataError(f"id {record.id!r}: {len(record.numeric)} numeric values, expected {num_numeric}")
+            numeric[i] = record.numeric
+    return EncodedRecords(
+        ids=[r.id for r in records],
+        image_paths=np.array([(r.image_path or "").encode() for r in records], dtype=object),
+        input_ids=input_ids,
+        attention_mask=attention,
+        numeric=numeric,
+        label=np.array([r.label for r in records], dtype=np.int64),
+        modality_mask=np.array([r.mask for r in records], dtype=bool).reshape(n, 3),
+    )
+
+
+def batches_per_epoch(num_records: int, batch_size: int, world_size: int) -> int:
+    """Batches every rank yields per epoch: ``ceil(ceil(N / world_size) / batch_size)``."""
+    if num_records <= 0:
+        return 0
+    return math.ceil(math.ceil(num_records / world_size) / batch_size)
+
+
+def epoch_indices(
+    num_records: int, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(record positions, valid flags) for one rank and epoch; ``ceil(N / world_size)`` of each."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    if num_records <= 0:
+        raise DataError("no records to feed the pipeline (did the scan or the split leave none?)")
+    order = (
+        np.random.default_rng([seed, epoch]).permutation(num_records) if shuffle else np.arange(num_records)
+    )
+    total = math.ceil(num_records / world_size) * world_size
+    padded = np.resize(order, total)  # cyclic repeat: pads even when there are fewer records than ranks
+    valid = np.arange(total) < num_records
+    return padded[rank::world_size].astype(np.int64), valid[rank::world_size]
+
+
+def build_dataset(
+    records: Sequence[Record] | EncodedRecords,
+    *,
+    tokenizer: Any = None,
+    image_size: int,
+    max_tokens: int | None = None,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    num_numeric: int | None = None,
+) -> Any:
+    """A ``tf.data.Dataset`` of batches (dicts of tensors, keys :data:`BATCH_KEYS`) for one rank and epoch."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    encoded = _encoded(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0 (got {batch_size})")
+    rows, valid = epoch_indices(len(encoded), rank=rank, world_size=world_size, seed=seed, epoch=epoch,
+                                shuffle=shuffle)
+    tokens = encoded.max_tokens
+    width = encoded.numeric.shape[1]
+
+    def load(row: Any, path: Any, is_valid: Any) -> dict[str, Any]:
+        image = tf.cond(
+            tf.strings.length(path) > 0,
+            lambda: decode_and_resize(tf.io.read_file(path), image_size),
+            lambda: tf.zeros([image_size, image_size, 3], tf.uint8),
+        )
+        return {"index": row, "image": image, "valid": is_valid}
+
+    def gather(rows_np: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (
+            encoded.input_ids[rows_np].astype(np.int64),
+            encoded.attention_mask[rows_np].astype(np.int64),
+            encoded.numeric[rows_np],
+            encoded.label[rows_np],
+            encoded.modality_mask[rows_np],
+        )
+
+    def columns(batch: dict[str, Any]) -> dict[str, Any]:
+        ids, attention, numeric, label, mask = tf.numpy_function(
+            gather, [batch["index"]], [tf.int64, tf.int64, tf.float32, tf.int64, tf.bool], stateful=False
+        )
+        ids.set_shape([None, tokens])
+        attention.set_shape([None, tokens])
+        numeric.set_shape([None, width])
+        label.set_shape([None])
+        mask.set_shape([None, 3])
+        return {**batch, "input_ids": ids, "attention_mask": attention, "numeric": numeric, "label": label,
+                "modality_mask": mask}
+
+    ds = tf.data.Dataset.from_tensor_slices((rows, encoded.image_paths[rows].astype(bytes), valid))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(columns, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def torch_batches(records: Sequence[Record] | EncodedRecords, **options: Any) -> Iterator[dict[str, Any]]:
+    """The batches of :func:`build_dataset` (same keyword arguments) as dicts of CPU ``torch.Tensor``;
+    move them with ``.to(device, non_blocking=True)``."""
+    import torch  # noqa: PLC0415 (only training imports torch; validate must not)
+
+    for batch in build_dataset(records, **options):
+        # EagerTensor.numpy() shares the tensor's buffer; from_numpy shares the array's: no copy either way.
+        yield {key: torch.from_numpy(batch[key].numpy()) for key in BATCH_KEYS}
+
+
+def _encoded(
+    records: Sequence[Record] | EncodedRecords, *, tokenizer: Any, max_tokens: int | None, num_numeric: int | None
+) -> EncodedRecords:
+    if isinstance(records, EncodedRecords):
+        if max_tokens is not None and max_tokens != records.max_tokens:
+            raise ValueError(f"records were encoded with max_tokens={records.max_tokens}, not {max_tokens}")
+        return records
+    if tokenizer is None or max_tokens is None:
+        raise ValueError("tokenizer and max_tokens are needed unless the records are EncodedRecords")
+    return encode_records(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)

@@ -1,0 +1,405 @@
+"""Read a dataset and join its modalities by id: :func:`scan`.
+
+Layouts (``root`` is a local folder or a URI that ``tf.io.gfile`` reads):
+
+- three sources: ``root/images/<id>.png|.jpg|.jpeg``, ``root/text.csv`` (``id,text,label``) and
+  ``root/numeric.csv`` (``id,<numeric columns>,label``), columns in any order, rows in any order;
+- one manifest (``spec.data.manifest``): ``id,image,text,<numeric columns>,label``; ``image`` is a path relative
+  to the manifest's folder (or absolute, or a URI). An empty ``image`` or ``text`` cell means that modality is
+  missing; a row whose numeric cells are all empty has no numeric modality.
+
+Records are matched by id only, never by position. An empty numeric cell (or ``nan``) is a missing *value*
+(NaN, imputed later by the preprocessing); a cell that is not a finite number is a bad record.
+
+Bad records (reasons in :data:`~kubefusion.data.records.BAD_REASONS`): under ``onBadRecord: fail`` the first
+one raises :class:`~kubefusion.errors.DataError` naming the file and line (or id) and the reason; under
+``skip`` it is counted per reason and its id is left out entirely (in every modality, so a half-bad id never
+trains on the half that looked fine). Ids missing a modality follow ``missingModality``: ``drop`` leaves them
+out (counted in ``report.missing`` / ``dropped_incomplete``), ``keep`` keeps them with a modality mask.
+An id with only an image has no label and is always left out (``report.unlabeled``).
+
+Images of the joined records are decoded once during the scan (in parallel, with the pipeline's own decoder)
+so a corrupt file is reported here, not halfway through an epoch; ``verify_images=False`` skips that for a
+caller that already validated the same data.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kubefusion.config import MODALITIES, DataConfig
+from kubefusion.data import _gfile
+from kubefusion.data.images import IMAGE_EXTENSIONS, undecodable
+from kubefusion.data.records import (
+    BadRecords,
+    Record,
+    ScanReport,
+    ScanResult,
+    class_balance,
+    sort_class_names,
+)
+from kubefusion.errors import DataError
+
+TEXT_FILE = "text.csv"
+NUMERIC_FILE = "numeric.csv"
+IMAGES_DIR = "images"
+
+
+@dataclass
+class _Tables:
+    """Each modality's entries by id, before the join."""
+
+    image: dict[str, str] = field(default_factory=dict)
+    text: dict[str, str] = field(default_factory=dict)
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """id -> (label name, where it was first read)."""
+    bad_ids: set[str] = field(default_factory=set)
+    numeric_columns: list[str] = field(default_factory=list)
+
+
+def scan(
+    data_cfg: DataConfig,
+    root: str | Path,
+    *,
+    classes: list[str] | None = None,
+    verify_images: bool = True,
+) -> ScanResult:
+    """Read ``root`` under ``data_cfg``'s policies and join by id.
+
+    ``classes``: the label names to index against (pass the training scan's ``classes`` when scanning OOD
+    data, so label indices agree); a label outside them is a bad record (``unknown_label``). Without it the
+    classes are the sorted label names found here.
+    """
+    root = str(root)
+    if not _gfile.is_uri(root) and not Path(root).is_dir():
+        raise DataError(f"{root}: no such dataset folder")
+    report = ScanReport(
+        root=root,
+        layout="manifest" if data_cfg.manifest else "files",
+        on_bad_record=data_cfg.on_bad_record,
+        missing_modality=data_cfg.missing_modality,
+    )
+    bad = BadRecords(data_cfg.on_bad_record, report)
+    tables = _Tables()
+    if data_cfg.manifest:
+        _read_manifest(_gfile.resolve(root, data_cfg.manifest), tables, bad)
+    else:
+        _read_layout(root, tables, bad)
+    for modality in MODALITIES:
+        report.modalities[modality] = len(getattr(tables, modality))
+    records, labels = _join(tables, data_cfg.missing_modality, report)
+    if verify_images:
+        records, labels = _drop_corrupt_images(records, labels, bad)
+    if classes is None:
+        classes = sort_class_names({labels[r.id] for r in records})
+    index = {name: i for i, name in enumerate(classes)}
+    kept: list[Record] = []
+    for record in records:
+        name = labels[record.id]
+        if name not in index:
+            bad("unknown_label", tables.labels[record.id][1],
+                f"id {record.id!r} has label {name!r}, not one of {', '.join(classes)}")
+            continue
+        record.label = index[name]
+        kept.append(record)
+    report.joined = len(kept)
+    report.complete = sum(all(r.mask) for r in kept)
+    report.class_balance = class_balance(kept, list(classes))
+    return ScanResult(records=kept, classes=list(classes), numeric_columns=tables.numeric_columns, report=report)
+
+
+# ------------------------------------------------------------------------------------------ CSV reading
+
+
+def _csv_rows(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, cells) for each non-blank row, header first. A row that the csv module
+    cannot parse, or that is not UTF-8, is reported as ``unparsable_row`` and not yielded."""
+    not_utf8: set[int] = set()
+
+    def lines() -> Iterator[str]:
+        with _gfile.open_binary(path) as fh:
+            for number, raw in enumerate(fh, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    not_utf8.add(number)
+                    text = raw.decode("utf-8", "replace")
+                yield text.removeprefix("\ufeff") if number == 1 else text
+
+    reader = csv.reader(lines(), strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            bad("unparsable_row", f"{path} line {start}", str(exc))
+            start = reader.line_num + 1
+            continue
+        end = reader.line_num
+        if not_utf8 and any(start <= n <= end for n in not_utf8):
+            bad("unparsable_row", f"{path} line {start}", "not valid UTF-8")
+        elif row and any(cell.strip() for cell in row):
+            yield start, row
+        start = end + 1
+
+
+def _header(path: str, rows: Iterator[tuple[int, list[str]]], required: tuple[str, ...]) -> list[str]:
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise DataError(f"{path}: empty file; expected a header with {','.join(required)}") from None
+    header = [name.strip() for name in header]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise DataError(f"{path} line 1: header lacks column(s) {', '.join(missing)} (found {','.join(header)})")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{path} line 1: column(s) {', '.join(duplicated)} appear more than once")
+    return header
+
+
+def _open_csv(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
+    if not _gfile.exists(path):
+        raise DataError(f"{path}: no such file")
+    return _csv_rows(path, bad)
+
+
+class _RowReader:
+    """Turns rows of one CSV into (id, label, cells-by-column) with the per-row checks every file shares."""
+
+    def __init__(self, path: str, header: list[str], tables: _Tables, bad: BadRecords) -> None:
+        self.path, self.header, self.tables, self.bad = path, header, tables, bad
+        self.id_col, self.label_col = header.index("id"), header.index("label")
+        self.seen: dict[str, int] = {}
+
+    def where(self, line: int) -> str:
+        return f"{self.path} line {line}"
+
+    def row(self, line: int, cells: list[str]) -> tuple[str, dict[str, str]] | None:
+        """The row's id and its cells by column name, or None when the row is bad (reported already)."""
+        record_id = cells[self.id_col].strip() if len(cells) > self.id_col else ""
+        if len(cells) != len(self.header):
+            self.reject("unparsable_row", line, record_id,
+                        f"expected {len(self.header)} fields ({','.join(self.header)}), found {len(cells)}")
+            return None
+        if not record_id:
+            self.reject("unparsable_row", line, "", "empty id")
+            return None
+        label = cells[self.label_col].strip()
+        if not label:
+            self.reject("unparsable_row", line, record_id, "empty label")
+            return None
+        if record_id in self.seen:
+            self.reject("duplicate_id", line, record_id,
+                        f"id {record_id!r} already on line {self.seen[record_id]}")
+            return None
+        self.seen[record_id] = line
+        if not self.add_label(record_id, label, self.where(line)):
+            return None
+        return record_id, dict(zip(self.header, cells, strict=True))
+
+    def add_label(self, record_id: str, label: str, where: str) -> bool:
+        first = self.tables.labels.get(record_id)
+        if first is None:
+            self.tables.labels[record_id] = (label, where)
+            return True
+        if first[0] != label:
+            self.bad("label_conflict", where, f"id {record_id!r} has label {label!r} here but {first[0]!r} at {first[1]}")
+            self.tables.bad_ids.add(record_id)
+            return False
+        return True
+
+    def reject(self, reason: str, line: int, record_id: str, detail: str) -> None:
+        self.bad(reason, self.where(line), detail + (f" (id {record_id!r})" if record_id and "id " not in detail else ""))
+        if record_id:
+            self.tables.bad_ids.add(record_id)
+
+    def numbers(self, line: int, record_id: str, cells: dict[str, str], columns: list[str]) -> np.ndarray | None:
+        """The numeric cells as float32 (empty or ``nan`` -> NaN), or None when one is not a finite number."""
+        values = np.empty(len(columns), dtype=np.float32)
+        for j, column in enumerate(columns):
+            cell = cells[column].strip()
+            if not cell or cell.lower() == "nan":
+                values[j] = np.nan
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or not math.isfinite(np.float32(value)):
+                self.reject("non_numeric", line, record_id,
+                            f"column {column!r} of id {record_id!r} is {cell!r}, not a finite number")
+                return None
+            values[j] = value
+        return values
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+
+
+def _read_layout(root: str, tables: _Tables, bad: BadRecords) -> None:
+    images_dir = _gfile.join(root, IMAGES_DIR)
+    text_path = _gfile.join(root, TEXT_FILE)
+    numeric_path = _gfile.join(root, NUMERIC_FILE)
+    absent = [name for name, p in ((IMAGES_DIR + "/", images_dir), (TEXT_FILE, text_path),
+                                   (NUMERIC_FILE, numeric_path)) if not _gfile.exists(p)]
+    if absent:
+        raise DataError(
+            f"{root}: no {', '.join(absent)} (expected images/, text.csv and numeric.csv, "
+            "or a manifest CSV named in spec.data.manifest)"
+        )
+    _read_images(images_dir, tables, bad)
+    _read_text(text_path, tables, bad)
+    _read_numeric(numeric_path, tables, bad)
+
+
+def _read_images(images_dir: str, tables: _Tables, bad: BadRecords) -> None:
+    first_file: dict[str, str] = {}
+    for name in sorted(_gfile.listdir(images_dir)):
+        name = name.rstrip("/")
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or "." + suffix.lower() not in IMAGE_EXTENSIONS:
+            bad.report.ignored_files += 1
+            continue
+        path = _gfile.join(images_dir, name)
+        if stem in first_file:
+            bad("duplicate_id", path, f"id {stem!r} already has {first_file[stem]}")
+            tables.bad_ids.add(stem)
+            continue
+        first_file[stem] = name
+        tables.image[stem] = path
+
+
+def _read_text(path: str, tables: _Tables, bad: BadRecords) -> None:
+    rows = _open_csv(path, bad)
+    header = _header(path, rows, ("id", "text", "label"))
+    extra = [c for c in header if c not in ("id", "text", "label")]
+    if extra:
+        raise DataError(f"{path} line 1: unexpected column(s) {', '.join(extra)} (expected id,text,label)")
+    reader = _RowReader(path, header, tables, bad)
+    for line, cells in rows:
+        parsed = reader.row(line, cells)
+        if parsed is not None:
+            tables.text[parsed[0]] = parsed[1]["text"]
+
+
+def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
+    rows = _open_csv(path, bad)
+    header = _header(path, rows, ("id", "label"))
+    columns = [c for c in header if c not in ("id", "label")]
+    if not columns:
+        raise DataError(f"{path} line 1: no numeric columns (expected id,feature1,...,featureN,label)")
+    tables.numeric_columns = columns
+    reader = _RowReader(path, header, tables, bad)
+    for line, cells in rows:
+        parsed = reader.row(line, cells)
+        if parsed is None:
+            continue
+        values = reader.numbers(line, parsed[0], parsed[1], columns)
+        if values is not None:
+            tables.numeric[parsed[0]] = values
+
+
+def _read_manifest(path: str, tables: _Tables, bad: BadRecords) -> None:
+    rows = _open_csv(path, bad)
+    header = _header(path, rows, ("id", "image", "text", "label"))
+    columns = [c for c in header if c not in ("id", "image", "text", "label")]
+    tables.numeric_columns = columns
+    base = path.rsplit("/", 1)[0] if _gfile.is_uri(path) else str(Path(path).parent)
+    file_exists = _ExistenceCache()
+    reader = _RowReader(path, header, tables, bad)
+    for line, cells in rows:
+        parsed = reader.row(line, cells)
+        if parsed is None:
+            continue
+        record_id, row = parsed
+        image = row["image"].strip()
+        image_path = _gfile.resolve(base, image) if image else None
+        if image_path is not None and not file_exists(image_path):
+            reader.reject("missing_file", line, record_id, f"image {image_path} of id {record_id!r} does not exist")
+            continue
+        values = None
+        if columns and any(row[c].strip() for c in columns):
+            values = reader.numbers(line, record_id, row, columns)
+            if values is None:
+                continue
+        if image_path is not None:
+            tables.image[record_id] = image_path
+        if row["text"].strip():
+            tables.text[record_id] = row["text"]
+        if values is not None:
+            tables.numeric[record_id] = values
+
+
+class _ExistenceCache:
+    """File existence by listing each folder once (one listing instead of one stat per row: a manifest of
+    a million rows on an object store is a million requests otherwise)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, set[str]] = {}
+
+    def __call__(self, path: str) -> bool:
+        folder, _, name = path.rpartition("/") if _gfile.is_uri(path) else (str(Path(path).parent), "", Path(path).name)
+        if folder not in self.folders:
+            try:
+                self.folders[folder] = {n.rstrip("/") for n in _gfile.listdir(folder)}
+            except Exception:  # noqa: BLE001 (gfile raises NotFoundError or OSError subclasses by scheme)
+                self.folders[folder] = set()
+        return name in self.folders[folder]
+
+
+# ------------------------------------------------------------------------------------------------- join
+
+
+def _join(tables: _Tables, missing_policy: str, report: ScanReport) -> tuple[list[Record], dict[str, str]]:
+    """Records (label still unset: -1) for the ids that survive, sorted by id; plus id -> label name."""
+    every_id = set(tables.image) | set(tables.text) | set(tables.numeric) | set(tables.labels) | tables.bad_ids
+    report.ids = len(every_id)
+    width = len(tables.numeric_columns)
+    records: list[Record] = []
+    labels: dict[str, str] = {}
+    for record_id in sorted(every_id - tables.bad_ids):
+        mask = (record_id in tables.image, record_id in tables.text, record_id in tables.numeric)
+        for modality, present in zip(MODALITIES, mask, strict=True):
+            report.missing[modality] += not present
+        if record_id not in tables.labels:  # only an image: nothing says its class
+            report.unlabeled += 1
+            continue
+        if not all(mask) and (missing_policy == "drop" or not any(mask)):
+            report.dropped_incomplete += 1
+            continue
+        labels[record_id] = tables.labels[record_id][0]
+        numeric = tables.numeric.get(record_id)
+        records.append(Record(
+            id=record_id,
+            label=-1,
+            image_path=tables.image.get(record_id),
+            text=tables.text.get(record_id),
+            numeric=numeric if numeric is not None else np.zeros(width, dtype=np.float32),
+            mask=mask,
+        ))
+    return records, labels
+
+
+def _drop_corrupt_images(
+    records: list[Record], labels: dict[str, str], bad: BadRecords
+) -> tuple[list[Record], dict[str, str]]:
+    with_image = [r for r in records if r.image_path is not None]
+    failures = undecodable([r.image_path for r in with_image])  # type: ignore[misc]
+    if not failures:
+        return records, labels
+    corrupt: set[str] = set()
+    for position in sorted(failures, key=lambda p: with_image[p].image_path or ""):
+        record = with_image[position]
+        bad("corrupt_image", str(record.image_path), f"{failures[position]} (id {record.id!r})")
+        corrupt.add(record.id)
+    return [r for r in records if r.id not in corrupt], labels
