@@ -244,7 +244,8 @@ class TrainingConfig:
     warmup_fraction: float = 0.05
     """Share of the optimizer steps spent in linear warm-up before cosine decay."""
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
-    """Autocast dtype. ``fp16`` uses a GradScaler; on CPU ``fp16`` runs as bf16 autocast + scaler."""
+    """Autocast dtype. ``bf16``: no scaler. ``fp16``: float16 autocast with a GradScaler, on GPU and on CPU
+    alike (torch's CPU autocast supports float16). ``fp32``: no autocast (the CPU default)."""
     grad_accumulation: int = 1
     """Micro-batches per optimizer step."""
     grad_clip: float = 1.0
@@ -263,6 +264,9 @@ class TrainingConfig:
     """Cap steps per epoch (smoke tests); ``None`` runs the full epoch."""
     log_every_steps: int = 10
     """Rank 0 logs loss, learning rate and throughput every N steps."""
+    collective_timeout_seconds: int = 900
+    """Timeout of process-group start-up and of every collective: a rank that died or hangs ends the run
+    with an error after this long instead of blocking the others forever."""
 
     def __post_init__(self) -> None:
         _positive("spec.training.epochs", self.epochs)
@@ -279,6 +283,7 @@ class TrainingConfig:
         if self.max_steps_per_epoch is not None:
             _positive("spec.training.maxStepsPerEpoch", self.max_steps_per_epoch)
         _positive("spec.training.logEverySteps", self.log_every_steps)
+        _positive("spec.training.collectiveTimeoutSeconds", self.collective_timeout_seconds)
 
 
 # ------------------------------------------------------------------------------------ cluster-only parts

@@ -1,0 +1,43 @@
+"""``kubefusion train --config JOB.yaml --artifacts DIR --output DIR``: the whole training recipe.
+
+Works under torchrun (``torchrun -m kubefusion train ...``, one process per GPU or CPU slot) and as a single
+process without any torchrun environment. Restarted with the same ``--output`` it resumes every stage from its
+newest valid checkpoint. See :mod:`kubefusion.train.loop` for the exact torchrun command lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="MultimodalTrainJob YAML file")
+    parser.add_argument("--artifacts", required=True, type=Path,
+                        help="ARTIFACTS folder written by `kubefusion preprocess`")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder for checkpoints, model.pt, TensorBoard logs and results (resumes from it)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset folder to use instead of spec.data.path (as given to `kubefusion preprocess`)")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import torch
+
+    from kubefusion.config import load_job_file
+    from kubefusion.train import distributed
+    from kubefusion.train.recipe import run_recipe
+
+    job = load_job_file(args.config)
+    if job.training.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    runtime = distributed.setup(job.training.collective_timeout_seconds)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+        run_recipe(job, artifacts=args.artifacts, output=args.output, runtime=runtime, data_dir=args.data)
+    finally:
+        distributed.teardown()
+    return 0

@@ -1,0 +1,294 @@
+"""The training loop: one model (the fused one, or a single-modality baseline) from start or checkpoint to end.
+
+How it is launched (``kubefusion train`` does the whole recipe around this loop)::
+
+    # one machine, 4 GPUs (NCCL) or 4 CPU processes (gloo):
+    torchrun --standalone --nproc-per-node 4 -m kubefusion train \\
+        --config job.yaml --artifacts ARTIFACTS --output OUT
+    # on a cluster the Kubeflow PyTorchJob sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_*:
+    torchrun -m kubefusion train --config /etc/kubefusion/job.yaml --artifacts /artifacts --output /checkpoints
+    # a single process, no torchrun at all:
+    kubefusion train --config job.yaml --artifacts ARTIFACTS --output OUT
+
+What one optimizer step does: ``grad_accumulation`` micro-batches, each run under autocast (bf16, fp16 with a
+GradScaler, or plain fp32); gradients are all-reduced by DDP on the last micro-batch only (``no_sync`` on the
+others); the scaled gradients are unscaled, clipped, and AdamW steps with the warm-up + cosine schedule.
+
+Reproducibility: model init is seeded from ``(seed, stage)``; dropout and modality dropout are reseeded from
+``(seed, stage, rank, step)`` before every step, and the data order comes from ``(seed, epoch)``, so a run that
+resumes from a checkpoint (position = epoch + batches consumed) continues with exactly the losses an
+uninterrupted run would have had (CPU, ``deterministic: true``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from kubefusion.config import JobConfig, job_to_dict
+from kubefusion.errors import ArtifactError
+from kubefusion.model import MultimodalClassifier, build_model
+from kubefusion.train import checkpoint as ckpt
+from kubefusion.train.data import TrainingData
+from kubefusion.train.distributed import Runtime, all_reduce_sum, barrier, broadcast_object, distributed
+from kubefusion.train.evaluate import evaluate
+from kubefusion.train.optim import build_optimizer, build_scheduler, freeze_backbones
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model the recipe trains: ``fused`` (all modalities) or ``baseline-<modality>``."""
+
+    name: str
+    modalities: tuple[str, ...]
+    index: int
+    """Position in the recipe; part of every seed, so baselines do not share the fused model's init."""
+
+
+@dataclass
+class Session:
+    """What every stage of one ``kubefusion train`` run shares."""
+
+    job: JobConfig
+    runtime: Runtime
+    data: TrainingData
+    prepare: Callable[[dict], dict]
+    """Data batch -> model inputs on the device (applies the exported preprocessing)."""
+    output: Path
+    artifact_info: dict[str, Any]
+    """``content_key``, ``classes``, ``numeric_columns``: stored with every checkpoint."""
+    metrics: Any = None
+    tensorboard: Callable[[str], Any] | None = None
+    """stage name -> a SummaryWriter (rank 0 only)."""
+
+
+# ------------------------------------------------------------------------------------- precision, seeds
+
+
+def precision_setup(precision: str, device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler]:
+    """The autocast context factory and the GradScaler for ``spec.training.precision``.
+
+    bf16: autocast to bfloat16, no scaler (same exponent range as fp32). fp16: autocast to float16 with a
+    GradScaler; on CPU too (torch's CPU autocast supports float16 and ``GradScaler("cpu")`` exists).
+    fp32: neither."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def step_seed(seed: int, stage: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + stage * 10_007 + rank * 101 + step) % (2**63)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the valid rows; padding rows (``valid`` false) contribute nothing."""
+    per_sample = F.cross_entropy(logits.float(), labels.where(valid, 0), reduction="none")
+    return (per_sample * valid).sum() / valid.sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def stage_model_path(output: Path, stage: Stage) -> Path:
+    """Where the trained model of a stage goes: ``model.pt`` for the fused one (what export reads)."""
+    return output / ckpt.MODEL_FILE if stage.name == "fused" else output / "baselines" / f"{stage.name}.pt"
+
+
+def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
+    job, rt, data, training = session.job, session.runtime, session.data, session.job.training
+    checkpoints = session.output / "checkpoints" / stage.name
+
+    # ---- model, optimizer, schedule, precision: everything set up here, once ---------------------------
+    torch.manual_seed(step_seed(training.seed, stage.index, 0, 0))
+    model = build_model(job.model, num_classes=len(data.classes), num_numeric_features=len(data.numeric_columns),
+                        modalities=stage.modalities)
+    freeze_backbones(model, job.model)
+    model.to(rt.device)
+    optimizer = build_optimizer(model, job.model, training)
+    batches_per_epoch = data.batches_per_epoch("train")
+    if training.max_steps_per_epoch is not None:
+        batches_per_epoch = min(batches_per_epoch, training.max_steps_per_epoch * training.grad_accumulation)
+    steps_per_epoch = math.ceil(batches_per_epoch / training.grad_accumulation)
+    total_steps = training.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, total_steps, training)
+    autocast, scaler = precision_setup(training.precision, rt.device)
+    model_info = {**model.describe(), **session.artifact_info, "stage": stage.name}
+
+    # ---- resume from the newest valid checkpoint, if any --------------------------------------------------
+    step, epoch, batch_in_epoch = 0, 0, 0
+    chosen = broadcast_object(_newest_valid(checkpoints) if rt.is_main else None)
+    if chosen is not None:
+        state = ckpt.read_checkpoint(Path(chosen))
+        _check_compatible(Path(chosen), state, model_info)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if rt.is_main:
+            log.info("[%s] resuming from %s (step %d of %d, epoch %d, batch %d)", stage.name, chosen, step,
+                     total_steps, epoch + 1, batch_in_epoch)
+
+    ddp = DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None) \
+        if distributed() else model
+
+    def snapshot(next_epoch: int, next_batch: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "epoch": next_epoch,
+                "batch_in_epoch": next_batch, "config": job_to_dict(job), "model_info": model_info}
+
+    def save(next_epoch: int, next_batch: int) -> None:
+        if rt.is_main:
+            path = ckpt.save_checkpoint(checkpoints, snapshot(next_epoch, next_batch), keep=training.keep_checkpoints)
+            log.debug("checkpoint %s", path)
+        barrier()
+
+    # ---- rank-0 reporting ------------------------------------------------------------------------------
+    steps_log = _StepLog(session.output / "logs" / f"{stage.name}.steps.jsonl", keep_through=step) \
+        if rt.is_main else None
+    writer = session.tensorboard(stage.name) if (rt.is_main and session.tensorboard) else None
+    progress = _progress(rt.is_main, total_steps, step, stage.name)
+    window = torch.zeros(3, dtype=torch.float64)  # loss * samples, correct, samples since the last log line
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    model.train()
+    while epoch < training.epochs:
+        stream = iter(data.batches("train", epoch=epoch, skip=batch_in_epoch, limit=batches_per_epoch))
+        while batch_in_epoch < batches_per_epoch:
+            step_started = time.perf_counter()
+            torch.manual_seed(step_seed(training.seed, stage.index, rt.rank, step))
+            group = min(training.grad_accumulation, batches_per_epoch - batch_in_epoch)
+            data_wait, step_loss, step_samples = 0.0, 0.0, 0
+            for micro in range(group):
+                waited = time.perf_counter()
+                inputs = session.prepare(next(stream))
+                data_wait += time.perf_counter() - waited
+                labels, valid = inputs.pop("label"), inputs.pop("valid")
+                last = micro == group - 1
+                with (contextlib.nullcontext() if last or ddp is model else ddp.no_sync()):
+                    with autocast():
+                        logits = ddp(**inputs)
+                    loss = masked_cross_entropy(logits, labels, valid) / group
+                    scaler.scale(loss).backward()
+                step_loss += float(loss.detach())
+                with torch.no_grad():
+                    n = int(valid.sum())
+                    step_samples += n
+                    correct = int(((logits.argmax(1) == labels) & valid).sum())
+                    window += torch.tensor([float(loss.detach()) * group * n, correct, n], dtype=torch.float64)
+            if training.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            batch_in_epoch += group
+
+            lr = max(g["lr"] for g in optimizer.param_groups)
+            if steps_log:
+                steps_log.write(step=step, epoch=epoch, loss=step_loss, lr=lr)
+            if session.metrics:
+                session.metrics.observe_step(step_seconds=time.perf_counter() - step_started,
+                                             data_wait_seconds=data_wait, samples=step_samples, loss=step_loss,
+                                             learning_rate=lr, epoch=epoch, step=step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if step % training.log_every_steps == 0 or batch_in_epoch >= batches_per_epoch:
+                totals = all_reduce_sum(window.clone())
+                if writer is not None and totals[2] > 0:
+                    writer.add_scalar("train/loss", totals[0] / totals[2], step)
+                    writer.add_scalar("train/accuracy", totals[1] / totals[2], step)
+                    writer.add_scalar("train/learning_rate", lr, step)
+                window.zero_()
+            if step % training.checkpoint_every_steps == 0 and batch_in_epoch < batches_per_epoch:
+                save(epoch, batch_in_epoch)
+
+        # ---- end of epoch: checkpoint, validation ---------------------------------------------------------
+        epoch, batch_in_epoch = epoch + 1, 0
+        save(epoch, 0)
+        if "validation" in data.splits:
+            val = evaluate(model, data.batches("validation"), session.prepare, num_classes=len(data.classes),
+                           autocast=autocast)
+            if rt.is_main:
+                progress.write(f"[{stage.name}] epoch {epoch}/{training.epochs}: validation top-1 "
+                               f"{100 * val['top1']:.2f}%, loss {val['loss']:.4f}")
+            if writer is not None:
+                writer.add_scalar("validation/top1", val["top1"], step)
+                writer.add_scalar("validation/loss", val["loss"], step)
+            if session.metrics:
+                session.metrics.observe_eval(split="validation", accuracy=val["top1"], loss=val["loss"])
+    progress.close()
+    if steps_log:
+        steps_log.close()
+    if writer is not None:
+        writer.flush()
+
+    if rt.is_main:
+        ckpt.write_model_file(stage_model_path(session.output, stage), snapshot(epoch, 0))
+    barrier()
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _newest_valid(directory: Path) -> str | None:
+    found = ckpt.load_latest_checkpoint(directory)
+    return str(found[1]) if found else None
+
+
+def _check_compatible(path: Path, state: dict[str, Any], model_info: dict[str, Any]) -> None:
+    """A checkpoint from another data set or architecture cannot continue this run."""
+    saved = state["model_info"]
+    for key in ("content_key", "classes", "modalities", "model_spec", "num_numeric_features"):
+        if saved.get(key) != model_info.get(key):
+            raise ArtifactError(
+                f"{path}: written for a different {key.replace('_', ' ')} than this job has; resume with the "
+                "same job and artifacts, or give a fresh --output")
+
+
+class _StepLog:
+    """``<output>/logs/<stage>.steps.jsonl``: one line per optimizer step (rank 0's loss, learning rate).
+    On resume the lines after the checkpoint's step are dropped: they are about to be redone."""
+
+    def __init__(self, path: Path, keep_through: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= keep_through]
+        path.write_text("".join(line + "\n" for line in kept))
+        self._file = path.open("a")
+
+    def write(self, **entry: Any) -> None:
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _progress(enabled: bool, total: int, initial: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name, unit="step", disable=not enabled, file=sys.stdout,
+                dynamic_ncols=True, mininterval=1.0, leave=True)

@@ -1,0 +1,172 @@
+"""The full recipe of ``kubefusion train``: fused model, single-modality baselines, evaluation, results.
+
+1. Load the preprocessing artifact (``spec.preprocessing.backend``) and make sure every rank has the same one
+   (all-gather of the manifest's content key).
+2. Scan, split and tokenize the data (the artifact's tokenizer), check it matches the artifact.
+3. Train the fused model (:func:`kubefusion.train.loop.train_stage`), then, with ``training.baselines``, one
+   model per modality with the same recipe. Each stage resumes from its own checkpoints.
+4. Evaluate every model on validation, test and OOD; ablate the fused model (each modality masked in turn).
+5. Rank 0 writes ``results.json`` + ``results.md`` atomically and prints the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kubefusion.config import MODALITIES, JobConfig
+from kubefusion.errors import ArtifactError
+from kubefusion.train.data import EVAL_SPLITS, TrainingData, load_training_data
+from kubefusion.train.distributed import Runtime, all_gather_object, barrier
+from kubefusion.train.evaluate import evaluate
+from kubefusion.train.loop import Session, Stage, precision_setup, train_stage
+from kubefusion.train.results import summarize, write_results
+
+log = logging.getLogger(__name__)
+
+
+def stages_for(job: JobConfig) -> list[Stage]:
+    stages = [Stage("fused", MODALITIES, 0)]
+    if job.training.baselines:
+        stages += [Stage(f"baseline-{m}", (m,), i + 1) for i, m in enumerate(MODALITIES)]
+    return stages
+
+
+def check_same_artifact(content_key: str, rank: int) -> None:
+    """Every rank must preprocess with the same artifact, or the ranks would train on different inputs."""
+    keys = all_gather_object(content_key)
+    if len(set(keys)) > 1:
+        listing = ", ".join(f"rank {r}: {k}" for r, k in enumerate(keys))
+        raise ArtifactError(f"ranks loaded different preprocessing artifacts ({listing}); every pod must mount "
+                            "the same artifacts folder (rerun `kubefusion preprocess` once, then train)")
+
+
+def make_prepare(preprocessor: Any, device: torch.device):
+    """Data batch (CPU torch tensors, raw uint8 images and numbers) -> model inputs on ``device``."""
+
+    def prepare(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pixel_values, numeric = preprocessor(batch["image"].numpy(), batch["numeric"].numpy())
+        on = {"non_blocking": True}
+        return {
+            "pixel_values": torch.from_numpy(np.ascontiguousarray(pixel_values)).to(device, **on),
+            "input_ids": batch["input_ids"].to(device, **on),
+            "attention_mask": batch["attention_mask"].to(device, **on),
+            "numeric": torch.from_numpy(np.ascontiguousarray(numeric)).to(device, **on),
+            "modality_mask": batch["modality_mask"].to(device, **on),
+            "label": batch["label"].to(device, **on),
+            "valid": batch["valid"].to(device, **on),
+        }
+
+    return prepare
+
+
+def data_root(job: JobConfig, artifacts: Path, explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    from kubefusion.preprocess.export import data_root_for
+
+    return data_root_for(job, artifacts)
+
+
+def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtime,
+               data_dir: Path | None = None) -> dict[str, Any]:
+    from kubefusion.data.tokenizer import load_tokenizer
+    from kubefusion.preprocess.artifact import TOKENIZER_DIR
+    from kubefusion.preprocess.runtime import Preprocessor
+
+    preprocessor = Preprocessor.load(artifacts, backend=job.preprocessing.backend, threads=torch.get_num_threads())
+    check_same_artifact(preprocessor.content_key, runtime.rank)
+    manifest = preprocessor.manifest
+    tokenizer = load_tokenizer(str(preprocessor.artifact_dir / TOKENIZER_DIR))
+    root = data_root(job, artifacts, data_dir)
+    data = load_training_data(job, root, manifest=manifest, tokenizer=tokenizer, rank=runtime.rank,
+                              world_size=runtime.world_size)
+    if runtime.is_main:
+        log.info("data %s: %s; %d classes; %d process(es), backend %s, device %s, precision %s", root,
+                 ", ".join(f"{k} {v}" for k, v in data.sizes().items()), len(data.classes), runtime.world_size,
+                 runtime.backend or "none", runtime.device, job.training.precision)
+
+    metrics = _start_metrics(job, runtime)
+    writers: dict[str, Any] = {}
+
+    def tensorboard(stage: str):
+        if stage not in writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writers[stage] = SummaryWriter(log_dir=str(output / "tensorboard" / stage))
+        return writers[stage]
+
+    session = Session(job=job, runtime=runtime, data=data, prepare=make_prepare(preprocessor, runtime.device),
+                      output=output, metrics=metrics, tensorboard=tensorboard,
+                      artifact_info={"content_key": preprocessor.content_key, "classes": data.classes,
+                                     "numeric_columns": data.numeric_columns})
+    autocast, _ = precision_setup(job.training.precision, runtime.device)
+    results: dict[str, Any] = {"job": job.name, "fusion_type": job.model.fusion.type, "modalities": list(MODALITIES),
+                               "classes": data.classes, "sizes": data.sizes(), "precision": job.training.precision,
+                               "processes": runtime.world_size, "content_key": preprocessor.content_key,
+                               "baselines": {}, "ablation": {}}
+    try:
+        for stage in stages_for(job):
+            model = train_stage(session, stage)
+            scores = _evaluate_splits(model, session, autocast)
+            if stage.name == "fused":
+                results["fused"] = scores
+                for column, modality in enumerate(MODALITIES):
+                    results["ablation"][f"without_{modality}"] = _evaluate_splits(
+                        model, session, autocast, splits=("test", "ood"), drop_modality=column)
+            else:
+                results["baselines"][stage.modalities[0]] = scores
+            if metrics:
+                for split, s in scores.items():
+                    if s.get("top1") is not None and stage.name == "fused":
+                        metrics.observe_eval(split=split, accuracy=s["top1"], loss=s["loss"])
+            del model
+    finally:
+        for writer in writers.values():
+            writer.close()
+        if metrics:
+            metrics.close()
+
+    facts = data.dataset_facts
+    if "best_achievable" in facts:
+        results["best_achievable"] = dict(facts["best_achievable"])
+        results["ceilings"] = facts.get("ceilings")
+    results["summary"] = summarize(results)
+    if runtime.is_main:
+        markdown = write_results(output, results)
+        print("\n" + markdown, flush=True)
+        log.info("results written to %s and %s", output / "results.json", output / "results.md")
+    barrier()
+    return results
+
+
+def _evaluate_splits(model, session: Session, autocast, *, splits=EVAL_SPLITS,
+                     drop_modality: int | None = None) -> dict[str, Any]:
+    data: TrainingData = session.data
+    return {split: evaluate(model, data.batches(split), session.prepare, num_classes=len(data.classes),
+                            autocast=autocast, drop_modality=drop_modality)
+            for split in splits if split in data.splits}
+
+
+def _start_metrics(job: JobConfig, runtime: Runtime):
+    """Prometheus metrics of this rank (``spec.monitoring.metricsPort + LOCAL_RANK``; 0 disables)."""
+    try:
+        from kubefusion.train.metrics import MetricsPortError, TrainerMetrics
+    except ImportError:  # the metrics module is optional for a bare trainer checkout
+        return None
+    port = job.monitoring.metrics_port
+    metrics = TrainerMetrics(namespace=os.environ.get("KUBEFUSION_NAMESPACE", job.namespace),
+                             job_name=os.environ.get("KUBEFUSION_JOB_NAME", job.name), rank=runtime.rank,
+                             port=port + runtime.local_rank if port else None)
+    try:
+        return metrics.start()
+    except MetricsPortError as exc:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise  # on a cluster a missing scrape target is a deployment bug: say so
+        log.warning("warning: %s; training goes on without a metrics endpoint", exc)
+        return metrics
