@@ -1,0 +1,253 @@
+"""``kubefusion predict --artifacts DIR (--data DATASET | --image F --text T --numeric a,b,c) [--json]``.
+
+Serves from the folder ``kubefusion export`` wrote, with onnxruntime, the ``tokenizers`` library, PIL and
+numpy only: neither torch nor TensorFlow is imported (a test runs this command under an import blocker).
+
+Images: PIL decodes the file to RGB and, when it is not already ``imageSize`` square, resizes it with
+antialiased bilinear filtering and rounds to uint8, which is what the training pipeline's TensorFlow decode
+(:func:`kubefusion.data.images.decode_image_file`) does; the two agree to a grey level or so on photographs
+(tested) and exactly on images already at the size (the demo data). The uint8 pixels then go through the
+exported preprocessing graph, like in training. Feeding the full-size image to the graph instead would use its
+plain bilinear resize, which aliases on large downscales and would not match training.
+
+Text: the tokenizer saved in the artifact, padded and truncated to ``maxTokens`` as in training. Numbers: an
+empty entry (``1.5,,3``) is a missing value, imputed by the graph. A modality left out is absent (mask false)
+and gets the training pipeline's filler (zero image, empty text, zero numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Iterator, Sequence
+
+import numpy as np
+
+from kubefusion.errors import ArtifactError, DataError, UserError
+from kubefusion.preprocess import artifact
+from kubefusion.preprocess.runtime import Preprocessor
+
+MODEL_FILE = "model.onnx"
+MODEL_INFO = "model.json"
+BATCH = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", required=True, type=Path, help="folder written by `kubefusion export`")
+    parser.add_argument("--data", type=Path, help="dataset folder (images/, text.csv, numeric.csv) to predict")
+    parser.add_argument("--image", type=Path, help="one sample's image file")
+    parser.add_argument("--text", help="one sample's text")
+    parser.add_argument("--numeric", help="one sample's comma-separated numbers; an empty entry is missing")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    one_sample = any(v is not None for v in (args.image, args.text, args.numeric))
+    if (args.data is not None) == one_sample:
+        raise UserError("give either --data DATASET or one sample's --image/--text/--numeric (any of them)")
+    server = Server.load(args.artifacts, threads=args.threads)
+    if args.data is not None:
+        result = server.predict_dataset(args.data)
+    else:
+        result = {"predictions": [server.predict_one(image=args.image, text=args.text, numeric=args.numeric)]}
+    _print(result, as_json=args.json)
+    return 0
+
+
+class Server:
+    """The exported preprocessing and model in onnxruntime."""
+
+    def __init__(self, folder: Path, info: dict[str, Any], pre: Preprocessor, session: Any) -> None:
+        self.folder = folder
+        self.info = info
+        self.pre = pre
+        self.session = session
+        self.inputs = [i.name for i in session.get_inputs()]
+
+    @classmethod
+    def load(cls, folder: Path, *, threads: int | None = None) -> "Server":
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        info_path = folder / MODEL_INFO
+        if not info_path.is_file():
+            raise ArtifactError(f"{info_path}: missing; --artifacts must be a folder written by `kubefusion export`")
+        info = json.loads(info_path.read_text())
+        for name, digest in info["files"].items():
+            path = folder / name
+            if not path.is_file() or artifact.sha256_file(path) != digest:
+                raise ArtifactError(f"{path}: missing or its sha256 differs from {MODEL_INFO}")
+        pre = Preprocessor.load(folder, "onnx", threads=threads)
+        if pre.content_key != info["content_key"]:
+            raise ArtifactError(f"{folder}: preprocessing {pre.content_key} but the model expects {info['content_key']}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        return cls(folder, info, pre, session)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    # ---- core ------------------------------------------------------------------------------------------
+
+    def logits(self, images: np.ndarray, texts: Sequence[str], numeric: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """uint8 [B,S,S,3], B texts, raw float32 [B,F] (NaN = missing), bool [B,3] -> float32 [B, classes]."""
+        pixel_values, numeric_std = self.pre(images, numeric)
+        input_ids, attention_mask = self.pre.tokenize(texts)
+        feed = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+                "numeric": numeric_std, "modality_mask": mask.astype(bool)}
+        return self.session.run(["logits"], {name: feed[name] for name in self.inputs})[0]
+
+    def _rows(self, ids: Sequence[str], logits: np.ndarray, labels: Sequence[int | None]) -> list[dict[str, Any]]:
+        probs = softmax(logits)
+        rows = []
+        for rid, p, label in zip(ids, probs, labels):
+            best = int(np.argmax(p))
+            row = {"id": rid, "predicted": self.classes[best], "predicted_index": best,
+                   "probability": round(float(p[best]), 6),
+                   "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p)}}
+            if label is not None:
+                row["label"] = self.classes[label]
+            rows.append(row)
+        return rows
+
+    # ---- one sample ------------------------------------------------------------------------------------
+
+    def predict_one(self, *, image: Path | None, text: str | None, numeric: str | None) -> dict[str, Any]:
+        if image is None and text is None and numeric is None:
+            raise UserError("give at least one of --image, --text, --numeric")
+        size = self.pre.image_size
+        pixels = decode_image(image, size) if image is not None else np.zeros((size, size, 3), np.uint8)
+        values = parse_numeric(numeric, self.pre.numeric_columns) if numeric is not None else \
+            np.zeros(len(self.pre.numeric_columns), np.float32)
+        mask = np.array([[image is not None, text is not None, numeric is not None]])
+        logits = self.logits(pixels[None], [text or ""], values[None], mask)
+        name = str(image) if image is not None else "sample"
+        return self._rows([name], logits, [None])[0]
+
+    # ---- a dataset -------------------------------------------------------------------------------------
+
+    def predict_dataset(self, root: Path) -> dict[str, Any]:
+        records = read_dataset(root, self.classes)
+        size = self.pre.image_size
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(records), BATCH):
+            chunk = records[start:start + BATCH]
+            images = np.stack([decode_image(Path(r.image_path), size) if r.image_path else
+                               np.zeros((size, size, 3), np.uint8) for r in chunk])
+            texts = [r.text or "" for r in chunk]
+            numeric = np.stack([np.asarray(r.numeric, np.float32) for r in chunk]).reshape(
+                len(chunk), len(self.pre.numeric_columns))
+            mask = np.array([r.mask for r in chunk], dtype=bool)
+            rows += self._rows([r.id for r in chunk], self.logits(images, texts, numeric, mask),
+                               [r.label for r in chunk])
+        correct = sum(r["predicted"] == r["label"] for r in rows)
+        return {"predictions": rows, "records": len(rows),
+                "accuracy": round(correct / len(rows), 6) if rows else None}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def parse_numeric(value: str, columns: Sequence[str]) -> np.ndarray:
+    cells = value.split(",")
+    if len(cells) != len(columns):
+        raise UserError(f"--numeric: {len(cells)} values given, the model takes {len(columns)} "
+                        f"({', '.join(columns)})")
+    out = np.full(len(cells), np.nan, np.float32)
+    for i, (cell, column) in enumerate(zip(cells, columns)):
+        cell = cell.strip()
+        if cell and cell.lower() != "nan":
+            try:
+                out[i] = float(cell)
+            except ValueError:
+                raise UserError(f"--numeric: {column} = {cell!r} is not a number") from None
+            if not np.isfinite(out[i]):
+                raise UserError(f"--numeric: {column} = {cell!r} is not finite")
+    return out
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """PIL decode + antialiased bilinear resize to ``size`` square, uint8 [size, size, 3] (see the module doc)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            rgb = img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: cannot decode image: {exc}") from None
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------- dataset without TF
+
+
+class _LocalFiles:
+    """The slice of ``tf.io.gfile`` the dataset reader uses, for local paths (serving has no TensorFlow)."""
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return os.path.exists(path)
+
+    @staticmethod
+    def isdir(path: str) -> bool:
+        return os.path.isdir(path)
+
+    @staticmethod
+    def listdir(path: str) -> list[str]:
+        return os.listdir(path)
+
+    @staticmethod
+    def GFile(path: str, mode: str = "rb") -> IO[bytes]:  # noqa: N802 (mirrors tf.io.gfile.GFile)
+        return open(path, mode)
+
+
+@contextlib.contextmanager
+def _local_files() -> Iterator[None]:
+    from kubefusion.data import _gfile
+
+    original = _gfile.gfile
+    _gfile.gfile = lambda: _LocalFiles  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _gfile.gfile = original  # type: ignore[assignment]
+
+
+def read_dataset(root: Path, classes: Sequence[str]) -> list[Any]:
+    """The dataset's records joined by id with the training reader (:func:`kubefusion.data.scan`), its file
+    access pointed at local files; records missing a modality are kept (and predicted with the mask)."""
+    from kubefusion.config import DataConfig
+    from kubefusion.data import scan
+
+    if "://" in str(root):
+        raise DataError(f"{root}: predict reads local folders only")
+    cfg = DataConfig(path=str(root), missing_modality="keep", on_bad_record="fail")
+    with _local_files():
+        result = scan(cfg, root, classes=list(classes), verify_images=False)
+    return result.records
+
+
+def _print(result: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for row in result["predictions"]:
+        truth = f"  (label {row['label']})" if "label" in row else ""
+        print(f"{row['id']}\t{row['predicted']}\t{row['probability']:.4f}{truth}")
+    if result.get("accuracy") is not None:
+        print(f"accuracy {result['accuracy']:.4f} on {result['records']} records")
