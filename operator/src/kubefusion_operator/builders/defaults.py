@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kubefusion_operator.builders.fields import SPEC_FIELDS, Field
+from kubefusion_operator.builders.fields import SPEC_FIELDS
 
 
 def with_defaults(spec: dict[str, Any] | None) -> dict[str, Any]:
@@ -15,22 +15,22 @@ def with_defaults(spec: dict[str, Any] | None) -> dict[str, Any]:
     explicit ``null`` on a non-nullable field counts as absent, fields without a default stay absent, and
     unknown keys are kept (validation reports them). The API server does this already when the CRD is
     installed; the operator does it again so the API emulator, and a spec read before defaulting, give the
-    same children.
+    same children. Keys come out in the CRD's order, then unknown ones, so rendering does not depend on the
+    order the user wrote them in.
     """
     return _fill(SPEC_FIELDS, copy.deepcopy(spec) if spec else {})
 
 
-def _fill(table: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+def _fill(table: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, node in table.items():
-        value = obj.get(key)
+        value = given.get(key)
         if isinstance(node, dict):
-            if value is None:
-                obj[key] = value = {}
-            if isinstance(value, dict):
-                _fill(node, value)
-        elif value is None and not (key in obj and node.nullable):
-            if isinstance(node, Field) and node.has_default:
-                obj[key] = copy.deepcopy(node.default)
-            elif key in obj:
-                del obj[key]
-    return obj
+            out[key] = _fill(node, {} if value is None else value) if value is None or isinstance(value, dict) \
+                else value
+        elif value is not None or (key in given and node.nullable):
+            out[key] = value
+        elif node.has_default:
+            out[key] = copy.deepcopy(node.default)
+    out.update((key, value) for key, value in given.items() if key not in table)
+    return out

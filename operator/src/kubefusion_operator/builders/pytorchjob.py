@@ -9,6 +9,7 @@ nprocPerNode``. See docs/architecture.md for the contract and docs/operator.md f
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from kubefusion_operator import api
@@ -114,7 +115,8 @@ def _env(meta: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _volume(name: str, source: dict[str, Any] | None) -> dict[str, Any]:
-    return {"name": name, **(source or {"emptyDir": {}})}
+    # copied: the Master and Worker templates must not share sub-objects (a later edit of one would leak)
+    return {"name": name, **copy.deepcopy(source or {"emptyDir": {}})}
 
 
 def _volumes(spec: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -134,12 +136,12 @@ def _mounts(spec: dict[str, Any], *, training: bool) -> list[dict[str, Any]]:
     mounts = [{"name": VOLUME_CONFIG, "mountPath": api.CONFIG_DIR, "readOnly": True}]
     if spec["data"]["source"]:
         mounts.append({"name": VOLUME_DATA, "mountPath": api.DATA_DIR, "readOnly": True})
+    if not training:
+        return mounts + [{"name": VOLUME_ARTIFACTS, "mountPath": api.ARTIFACTS_DIR}]
     # the trainer only reads the exported preprocessing; only the init container writes it
-    mounts.append({"name": VOLUME_ARTIFACTS, "mountPath": api.ARTIFACTS_DIR, "readOnly": training})
-    if training:
-        mounts += [{"name": VOLUME_CHECKPOINTS, "mountPath": api.CHECKPOINTS_DIR},
-                   {"name": VOLUME_SHM, "mountPath": api.SHM_DIR}]
-    return mounts
+    return mounts + [{"name": VOLUME_ARTIFACTS, "mountPath": api.ARTIFACTS_DIR, "readOnly": True},
+                     {"name": VOLUME_CHECKPOINTS, "mountPath": api.CHECKPOINTS_DIR},
+                     {"name": VOLUME_SHM, "mountPath": api.SHM_DIR}]
 
 
 def _compute(resources: dict[str, Any], *, gpus: int) -> dict[str, Any]:
@@ -205,5 +207,5 @@ def _pod_template(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     if scheduling.get("nodeSelector"):
         pod["nodeSelector"] = dict(scheduling["nodeSelector"])
     if scheduling.get("tolerations"):
-        pod["tolerations"] = [dict(t) for t in scheduling["tolerations"]]
+        pod["tolerations"] = copy.deepcopy(scheduling["tolerations"])
     return {"metadata": {"labels": child_labels(meta, api.COMPONENT_TRAINING)}, "spec": pod}
