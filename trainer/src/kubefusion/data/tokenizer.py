@@ -11,6 +11,7 @@ Nothing is ever downloaded (``local_files_only=True``); a tokenizer that is not 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from kubefusion.errors import ModelSourceError
 
 BUILTIN_MINILM = "builtin:minilm"
+
+log = logging.getLogger(__name__)
 
 
 def builtin_minilm_path() -> Path:
@@ -47,8 +50,10 @@ def load_tokenizer(name_or_path: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except (OSError, ValueError) as exc:
+        log.debug("loading tokenizer %s failed: %s", name, exc)
         raise ModelSourceError(
-            f"tokenizer {name!r} is not available offline ({str(exc).splitlines()[0]}); set "
+            f"tokenizer {name!r} is not available offline: not a local folder and not in the local Hugging Face "
+            "cache; set "
             "spec.preprocessing.tokenizer to a local folder with the tokenizer files (save one with "
             "tokenizer.save_pretrained(DIR) where the hub is reachable), put it in the Hugging Face cache, or use "
             f"{BUILTIN_MINILM}. Tokenizers are never downloaded."

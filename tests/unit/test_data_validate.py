@@ -1,0 +1,61 @@
+"""`kubefusion data validate`: exit codes, JSON and table output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+from kubefusion.cli import main
+
+
+def test_valid_dataset_json_reports_joined_missing_bad_and_ood(demo_dataset, capsys):
+    assert main(["data", "validate", str(demo_dataset), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and out["joined"] == 300
+    assert out["missing"] == {"image": 0, "text": 0, "numeric": 0}
+    assert set(out["bad"]) >= {"corrupt_image", "duplicate_id", "label_conflict"} and out["bad_total"] == 0
+    assert out["ood"]["joined"] == 60 and len(out["class_balance"]) == 8
+
+
+def test_table_output(demo_dataset, capsys):
+    assert main(["data", "validate", str(demo_dataset), "--no-ood"]) == 0
+    out = capsys.readouterr().out
+    assert "joined 300 (complete 300)" in out and "bad records: none" in out and "OOD" not in out
+
+
+def _broken(src, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(src, root)
+    with open(root / "numeric.csv", newline="") as fh:
+        table = list(csv.reader(fh))
+    table[5][1] = "twelve"
+    table[9][-1] = "0-horizontal-sea-falling" if table[9][-1] != "0-horizontal-sea-falling" else "1-horizontal-sea-rising"
+    with open(root / "numeric.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(table)
+    return root
+
+
+def test_bad_record_exits_2_under_fail_and_0_under_skip_with_counts(demo_dataset, tmp_path, capsys):
+    root = _broken(demo_dataset, tmp_path)
+    assert main(["data", "validate", str(root), "--json", "--no-ood"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is False
+    assert "numeric.csv line 6: non-numeric value: column 'feature1'" in captured.err
+    assert main(["data", "validate", str(root), "--json", "--on-bad-record", "skip"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["bad"]["non_numeric"] == 1 and out["bad"]["label_conflict"] == 1 and out["joined"] == 298
+
+
+def test_nothing_joins_exits_1(tmp_path, capsys):
+    root = tmp_path / "empty"
+    (root / "images").mkdir(parents=True)
+    (root / "text.csv").write_text("id,text,label\na,hello,x\n")
+    (root / "numeric.csv").write_text("id,feature1,label\nb,1,x\n")
+    assert main(["data", "validate", str(root)]) == 1
+    assert "no record joins" in capsys.readouterr().err
+
+
+def test_missing_folder_is_one_error_line(tmp_path, capsys):
+    assert main(["data", "validate", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such dataset folder"
