@@ -92,6 +92,12 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
+def crd_defaults(spec_schema: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The spec as the API server stores it after applying the CRD's defaults."""
+    return lambda spec: apply_defaults(spec_schema, spec)
+
+
+@pytest.fixture(scope="session")
 def crd_errors(spec_schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]]:
     """Schema errors the API server would report for a spec (after defaulting), CEL rules included."""
     validator = jsonschema.Draft4Validator(to_json_schema(spec_schema))

@@ -134,6 +134,7 @@ SPEC_FIELDS: dict[str, Any] = {
         "baselines": _bool(True),
         "maxStepsPerEpoch": _int(minimum=1, nullable=True),
         "logEverySteps": _int(10, 1),
+        "collectiveTimeoutSeconds": _int(900, 1),
     },
     "resources": {
         "nodes": _int(1, 1),

@@ -1,0 +1,337 @@
+"""kopf handlers: a MultimodalTrainJob becomes a ConfigMap and a Kubeflow PyTorchJob; the PyTorchJob's state
+becomes the MultimodalTrainJob's status.
+
+Reconciliation is level-based and idempotent: every run reads the children, adopts those it finds by name
+(adding the owner reference when missing), creates what is missing and patches only what differs, so an
+operator restart, a resume or a repeated event never duplicates or clobbers anything. The spec a PyTorchJob
+was built from is kept in its ``kubefusion.io/applied-spec`` annotation: that is what immutable fields are
+compared against (it survives restarts, unlike an in-memory diff) and what tells a user's ``suspend`` change
+from a queue's (Kueue suspends the PyTorchJob itself; the operator does not fight it).
+
+Handlers are plain functions: kopf runs them in its thread pool, so the blocking client calls in
+:mod:`kubefusion_operator.kube` never block the event loop. Builders, validation and the status mapping are
+pure modules; this file only wires them to the API.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+
+from kubefusion_operator import api, kube, metrics
+from kubefusion_operator.api import ConditionType, Phase, Reason
+from kubefusion_operator.builders import build_configmap, build_pytorchjob, run_policy_patch
+from kubefusion_operator.builders.common import owner_reference
+from kubefusion_operator.options import Options
+from kubefusion_operator.status import phase_of, status_from_pytorchjob
+from kubefusion_operator.validation import immutable_changes, validate_spec
+
+MTJ = (api.GROUP, api.VERSION, api.PLURAL)
+PYTORCHJOBS = (api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, api.PYTORCHJOB_PLURAL)
+APPLIED_SPEC = api.LABEL_PREFIX + "applied-spec"
+INSTALL_TRAINING_OPERATOR = ('kubectl apply --server-side -k '
+                             '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.8.1"')
+BACKEND_MISSING = (f"{api.PYTORCHJOB_API_VERSION} {api.PYTORCHJOB_KIND} is not served by this cluster: install "
+                   f"Kubeflow's training operator ({INSTALL_TRAINING_OPERATOR}); retrying with back-off")
+STATUS_WRITE_ATTEMPTS = 8
+
+OPTIONS = Options.from_env()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(value: Any) -> Any:
+    """kopf's body views as plain JSON data (the builders and the client take dicts)."""
+    return json.loads(json.dumps(value, default=dict))
+
+
+def _fail(reason: str, error: Exception) -> Exception:
+    metrics.RECONCILE_ERRORS.labels(reason=reason).inc()
+    return error
+
+
+# -------------------------------------------------------------------------------------------- startup
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    """All kopf settings in one place, and the metrics endpoint."""
+    # Handler log lines stay logs; Kubernetes Events are only the ones posted on purpose (and warnings).
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = api.MANAGER_NAME
+    settings.posting.event_name_prefix = "kubefusion-"
+    # kopf's bookkeeping lives in annotations under our prefix, not in status (which the CRD schema owns).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubefusion.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubefusion.io", key="last-handled-configuration")
+    settings.persistence.finalizer = "kubefusion.io/finalizer"
+    # A watch that silently stalls is ended by the server, or by the client a little later, and reopened.
+    settings.watching.server_timeout = OPTIONS.watch_timeout_seconds
+    settings.watching.client_timeout = OPTIONS.watch_timeout_seconds + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.execution.max_workers = OPTIONS.workers
+    metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_address)
+    logger.info(f"Serving metrics on {OPTIONS.metrics_address}:{OPTIONS.metrics_port}/metrics")
+
+
+# ------------------------------------------------------------------------------------------ reconcile
+
+
+@kopf.on.resume(*MTJ)
+@kopf.on.create(*MTJ)
+@kopf.on.update(*MTJ, field="spec")
+def reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
+    """Bring the children in line with the spec and record the status."""
+    with metrics.reconciling():
+        _reconcile(_plain(body), retry=retry, logger=logger)
+
+
+@kopf.timer(*MTJ, interval=OPTIONS.resync_seconds, initial_delay=OPTIONS.resync_seconds, idle=0)
+def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    """The level-based safety net: the same reconciliation, periodically, whatever events were missed."""
+    with metrics.reconciling():
+        try:
+            _reconcile(_plain(body), retry=0, logger=logger, announce=False)
+        except (kopf.TemporaryError, kopf.PermanentError) as e:
+            logger.info(f"Resync deferred: {e}")  # the change handlers own retries and reporting
+
+
+def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger, announce: bool = True) -> None:
+    meta, spec = job["metadata"], job.get("spec") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        problems = validate_spec(spec, name=name)
+        if problems:
+            _refuse(job, Reason.INVALID_SPEC, "; ".join(problems), announce=announce)
+
+        pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
+        if pytorchjob is None and not kube.pytorchjobs_served():
+            _backend_unavailable(job, retry=retry, announce=announce)
+        if pytorchjob is None and phase_of(job.get("status")) in (Phase.SUCCEEDED, Phase.FAILED):
+            # Finished, and the PyTorchJob was removed (ttlSecondsAfterFinished): never train again.
+            _write_status(namespace, name, lambda current: _status(current, None))
+            return
+
+        if pytorchjob is not None:
+            applied = json.loads((pytorchjob["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
+            changed = immutable_changes(applied, spec) if applied is not None else []
+            if changed:
+                _refuse(job, Reason.IMMUTABLE_FIELD_CHANGED,
+                        f"{', '.join(changed)} cannot change after the job is created; revert the change, or "
+                        f"delete the job and create it again", announce=announce)
+
+        created = []
+        if _ensure_configmap(job):
+            created.append(f"ConfigMap {api.config_map_name(name)}")
+        pytorchjob, made = _ensure_pytorchjob(job, pytorchjob, retry=retry, announce=announce)
+        if made:
+            created.append(f"{api.PYTORCHJOB_KIND} {name}")
+        _write_status(namespace, name, lambda current: _status(current, pytorchjob))
+        if created and announce:
+            kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
+            logger.info(f"Created {' and '.join(created)}")
+    except kube.API_FAILURES as e:
+        raise _fail(kube.error_reason(e), kube.retryable(e, delay=5)) from e
+
+
+def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return read(namespace, name)
+    except kube.NotFound:
+        return None
+
+
+def _refuse(job: dict[str, Any], reason: str, message: str, *, announce: bool) -> None:
+    """Record why the spec cannot be applied (condition SpecValid=False, an Event) and stop retrying."""
+    meta = job["metadata"]
+    before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.SPEC_VALID) or {}
+    transition = before.get("status") != api.CONDITION_FALSE or before.get("message") != message
+
+    def compute(current: dict[str, Any]) -> dict[str, Any]:
+        status = dict(current.get("status") or {})
+        status["conditions"] = api.set_condition(
+            status.get("conditions"), ConditionType.SPEC_VALID, False, reason, message, _now(),
+            observed_generation=current["metadata"].get("generation"))
+        if phase_of(status) in (None, Phase.PENDING):
+            status.update(phase=Phase.PENDING.value, reason=reason, message=message)
+        status["observedGeneration"] = current["metadata"].get("generation")
+        return status
+
+    _write_status(meta["namespace"], meta["name"], compute)
+    if announce and transition:
+        kopf.warn(job, reason=reason, message=message)
+    raise _fail(reason, kopf.PermanentError(f"{reason}: {message}"))
+
+
+def _backend_unavailable(job: dict[str, Any], *, retry: int, announce: bool) -> None:
+    meta = job["metadata"]
+    transition = not api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE) \
+        or api.is_condition_true((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE)
+
+    def compute(current: dict[str, Any]) -> dict[str, Any]:
+        status = _status(current, None)
+        status["conditions"] = api.set_condition(
+            status.get("conditions"), ConditionType.BACKEND_AVAILABLE, False, Reason.BACKEND_UNAVAILABLE,
+            BACKEND_MISSING, _now(), observed_generation=current["metadata"].get("generation"))
+        if not phase_of(status) or not phase_of(status).is_terminal:
+            status.update(phase=Phase.PENDING.value, reason=Reason.BACKEND_UNAVAILABLE, message=BACKEND_MISSING)
+        return status
+
+    _write_status(meta["namespace"], meta["name"], compute)
+    if announce and transition:
+        kopf.warn(job, reason=Reason.BACKEND_UNAVAILABLE, message=BACKEND_MISSING)
+    raise _fail(Reason.BACKEND_UNAVAILABLE,
+                kopf.TemporaryError(BACKEND_MISSING, delay=OPTIONS.backend_retry_delay(retry)))
+
+
+def _status(current: dict[str, Any], pytorchjob: dict[str, Any] | None) -> dict[str, Any]:
+    """The status for the job as it is now, with the operator's own conditions up to date."""
+    generation = current["metadata"].get("generation") or 1
+    status = status_from_pytorchjob(pytorchjob, current.get("status") or {}, generation=generation, now=_now())
+    if pytorchjob is not None:
+        for type_, reason in ((ConditionType.SPEC_VALID, Reason.VALID),
+                              (ConditionType.BACKEND_AVAILABLE, Reason.BACKEND_AVAILABLE)):
+            status["conditions"] = api.set_condition(status.get("conditions"), type_, True, reason, "", _now(),
+                                                     observed_generation=generation)
+    return status
+
+
+# -------------------------------------------------------------------------------------------- children
+
+
+def _owned_or_adopted(child: dict[str, Any], job: dict[str, Any], kind: str,
+                      patch: Callable[[str, str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """The child, with our owner reference: adopted when it has no controller, refused when another has it."""
+    meta = job["metadata"]
+    owners = child["metadata"].get("ownerReferences") or []
+    if any(ref.get("uid") == meta["uid"] for ref in owners):
+        return child
+    controllers = [ref for ref in owners if ref.get("controller")]
+    if controllers:
+        owner = controllers[0]
+        message = (f"{kind} {child['metadata']['name']} is controlled by {owner.get('kind')} {owner.get('name')} "
+                   f"(uid {owner.get('uid')}), not by this job; waiting for it to be deleted")
+        raise _fail("ChildConflict", kopf.TemporaryError(message, delay=10))
+    adopted = owners + [owner_reference(meta)]
+    return patch(meta["namespace"], child["metadata"]["name"], {"metadata": {"ownerReferences": adopted}})
+
+
+def _ensure_configmap(job: dict[str, Any]) -> bool:
+    """Create the ConfigMap, or adopt and update it. True when it was created."""
+    desired = build_configmap(job.get("spec") or {}, job["metadata"])
+    namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
+    existing = _read_or_none(kube.get_configmap, namespace, name)
+    if existing is None:
+        try:
+            kube.create_configmap(desired)
+            metrics.CHILDREN_CREATED.labels(kind="ConfigMap").inc()
+            return True
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            existing = kube.get_configmap(namespace, name)  # created meanwhile (another run): adopt it
+    existing = _owned_or_adopted(existing, job, "ConfigMap", kube.patch_configmap)
+    labels = existing["metadata"].get("labels") or {}
+    if existing.get("data") != desired["data"] or any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        kube.patch_configmap(namespace, name, {"metadata": {"labels": desired["metadata"]["labels"]},
+                                               "data": desired["data"]})
+    return False
+
+
+def _ensure_pytorchjob(job: dict[str, Any], existing: dict[str, Any] | None, *, retry: int,
+                       announce: bool) -> tuple[dict[str, Any], bool]:
+    """Create the PyTorchJob, or adopt it and apply changes of the mutable run policy."""
+    spec, meta = job.get("spec") or {}, job["metadata"]
+    applied = json.dumps(spec, sort_keys=True)
+    if existing is None:
+        desired = build_pytorchjob(spec, meta)
+        desired["metadata"].setdefault("annotations", {})[APPLIED_SPEC] = applied
+        try:
+            created = kube.create_pytorchjob(desired)
+            metrics.CHILDREN_CREATED.labels(kind=api.PYTORCHJOB_KIND).inc()
+            return created, True
+        except ApiException as e:
+            if e.status == 404:  # the CRD went away between the read and the create
+                _backend_unavailable(job, retry=retry, announce=announce)
+            if e.status != 409:
+                raise
+            existing = kube.get_pytorchjob(meta["namespace"], meta["name"])
+    existing = _owned_or_adopted(existing, job, api.PYTORCHJOB_KIND, kube.patch_pytorchjob)
+    previous = json.loads((existing["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
+    if previous == spec:
+        return existing, False
+    patch = run_policy_patch(spec)
+    was_suspended = ((previous or {}).get("runPolicy") or {}).get("suspend", False)
+    if previous is not None and bool(was_suspended) == bool((spec.get("runPolicy") or {}).get("suspend", False)):
+        # The user did not touch suspend: whatever the PyTorchJob says now is a queue's (Kueue's) decision.
+        del patch["spec"]["runPolicy"]["suspend"]
+    patch["metadata"] = {"annotations": {APPLIED_SPEC: applied}}
+    return kube.patch_pytorchjob(meta["namespace"], meta["name"], patch), False
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Read the job, compute its new status, write what changed; on a concurrent write (409), again."""
+    for _ in range(STATUS_WRITE_ATTEMPTS):
+        try:
+            current = kube.get_job(namespace, name)
+        except kube.NotFound:
+            return  # deleted meanwhile: nothing to report on
+        old, new = current.get("status") or {}, compute(current)
+        if new != old:
+            patch = {key: new.get(key) for key in {*old, *new}}  # None removes a key in a merge patch
+            try:
+                kube.patch_job_status(namespace, name, patch, current["metadata"]["resourceVersion"])
+            except ApiException as e:
+                if e.status == 409:
+                    continue
+                raise
+            if new.get("phase") != old.get("phase") and new.get("phase"):
+                kopf.event(current, type="Warning" if new["phase"] == Phase.FAILED.value else "Normal",
+                           reason=new["phase"], message=new.get("message") or f"Job is {new['phase']}")
+        metrics.JOBS.record(namespace, name, new.get("phase"))
+        return
+    raise _fail("Conflict", kopf.TemporaryError(f"{api.KIND} {namespace}/{name} kept changing while its status "
+                                                "was written", delay=1))
+
+
+@kopf.on.event(*PYTORCHJOBS, labels={api.LABEL_JOB_NAME: kopf.PRESENT})
+def mirror_pytorchjob(event: kopf.RawEvent, body: kopf.Body, namespace: str, labels: kopf.Labels,
+                      logger: logging.Logger, **_: Any) -> None:
+    """Every change of a PyTorchJob (Kubeflow's controller, Kueue, TTL deletion) shows on its owner's status."""
+    pytorchjob = _plain(body)
+    owner_uids = {ref.get("uid") for ref in pytorchjob["metadata"].get("ownerReferences") or []
+                  if ref.get("kind") == api.KIND}
+    name = labels[api.LABEL_JOB_NAME]
+
+    def compute(current: dict[str, Any]) -> dict[str, Any]:
+        if current["metadata"].get("uid") not in owner_uids:
+            return current.get("status") or {}  # a PyTorchJob of an earlier job of the same name
+        return _status(current, None if event.get("type") == "DELETED" else pytorchjob)
+
+    with metrics.reconciling():
+        try:
+            _write_status(namespace, name, compute)
+        except kube.API_FAILURES as e:
+            # Not lost: the resync timer reconciles this job again; the metric and log say it happened.
+            metrics.RECONCILE_ERRORS.labels(reason=kube.error_reason(e)).inc()
+            logger.warning(f"Could not mirror {api.PYTORCHJOB_KIND} {namespace}/{pytorchjob['metadata']['name']}: {e}")
+
+
+@kopf.on.event(*MTJ)
+def count_phase(event: kopf.RawEvent, name: str, namespace: str, status: kopf.Status, **_: Any) -> None:
+    """Keep ``kubefusion_operator_jobs{phase}`` true to what the API says (also for deletions)."""
+    deleted = event.get("type") == "DELETED"
+    metrics.JOBS.record(namespace, name, None if deleted else status.get("phase") or Phase.PENDING.value)

@@ -1,0 +1,158 @@
+"""Blocking Kubernetes API calls, with the official ``kubernetes`` client.
+
+The handlers that use these are plain (sync) functions: kopf runs them in its thread pool, so the event loop
+never waits on the network. API failures are translated into kopf's retry vocabulary in one place
+(:func:`retryable`) so that no handler loses an error or retries one that cannot succeed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from typing import Any
+
+import kopf
+import kubernetes
+import urllib3
+from kubernetes.client.rest import ApiException
+
+from kubefusion_operator import api
+
+_lock = threading.Lock()
+REQUEST_TIMEOUT = (10, 60)
+"""(connect, read) seconds for every call: a stuck API server fails the call instead of a worker thread."""
+
+
+class NotFound(Exception):
+    """The object does not exist (HTTP 404 for a resource the server serves)."""
+
+
+@functools.cache
+def client() -> kubernetes.client.ApiClient:
+    """One API client per process: in-cluster credentials, else the kubeconfig (``$KUBECONFIG``, ~/.kube)."""
+    with _lock:
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+        return kubernetes.client.ApiClient(configuration)
+
+
+def custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(client())
+
+
+def core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(client())
+
+
+def pytorchjobs_served() -> bool:
+    """Whether the API server serves ``kubeflow.org/v1`` ``pytorchjobs`` (the training operator's CRD)."""
+    try:
+        resources = custom().get_api_resources(api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION,
+                                               _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return any(r.name == api.PYTORCHJOB_PLURAL for r in (resources.resources or []) if resources)
+
+
+# -------------------------------------------------------------------------------- MultimodalTrainJobs
+
+
+def get_job(namespace: str, name: str) -> dict[str, Any]:
+    try:
+        return custom().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                                                     _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as e:
+        if e.status == 404:
+            raise NotFound(f"{api.KIND} {namespace}/{name}") from e
+        raise
+
+
+def patch_job_status(namespace: str, name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+    """Merge-patch ``status``, only if the job is still at ``resource_version`` (else 409: re-read, retry)."""
+    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    return custom().patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                                                          body, _request_timeout=REQUEST_TIMEOUT)
+
+
+# ---------------------------------------------------------------------------------------- children
+
+
+def get_pytorchjob(namespace: str, name: str) -> dict[str, Any]:
+    try:
+        return custom().get_namespaced_custom_object(api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, namespace,
+                                                     api.PYTORCHJOB_PLURAL, name, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as e:
+        if e.status == 404:
+            raise NotFound(f"{api.PYTORCHJOB_KIND} {namespace}/{name}") from e
+        raise
+
+
+def create_pytorchjob(body: dict[str, Any]) -> dict[str, Any]:
+    return custom().create_namespaced_custom_object(
+        api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, body["metadata"]["namespace"], api.PYTORCHJOB_PLURAL, body,
+        _request_timeout=REQUEST_TIMEOUT)
+
+
+def patch_pytorchjob(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    return custom().patch_namespaced_custom_object(
+        api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, namespace, api.PYTORCHJOB_PLURAL, name, patch,
+        _request_timeout=REQUEST_TIMEOUT)
+
+
+def get_configmap(namespace: str, name: str) -> dict[str, Any]:
+    try:
+        found = core().read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as e:
+        if e.status == 404:
+            raise NotFound(f"ConfigMap {namespace}/{name}") from e
+        raise
+    return client().sanitize_for_serialization(found)
+
+
+def create_configmap(body: dict[str, Any]) -> dict[str, Any]:
+    created = core().create_namespaced_config_map(body["metadata"]["namespace"], body,
+                                                  _request_timeout=REQUEST_TIMEOUT)
+    return client().sanitize_for_serialization(created)
+
+
+def patch_configmap(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    patched = core().patch_namespaced_config_map(name, namespace, patch, _request_timeout=REQUEST_TIMEOUT)
+    return client().sanitize_for_serialization(patched)
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def error_reason(error: BaseException) -> str:
+    """A short label for metrics and messages: ``ApiError409``, ``Unreachable``."""
+    if isinstance(error, ApiException):
+        return f"ApiError{error.status}"
+    return "Unreachable"
+
+
+def retryable(error: BaseException, *, delay: float) -> kopf.TemporaryError | kopf.PermanentError:
+    """What kopf should do about an API failure: retry conflicts, throttling, server errors and network
+    failures later; give up on requests the server will never accept (400, 403, 422...)."""
+    if isinstance(error, ApiException):
+        message = f"Kubernetes API answered {error.status} {error.reason}: {_message(error)}"
+        if error.status in (409, 429) or error.status >= 500:
+            return kopf.TemporaryError(message, delay=delay)
+        return kopf.PermanentError(message)
+    return kopf.TemporaryError(f"Kubernetes API unreachable: {error}", delay=delay)
+
+
+API_FAILURES = (ApiException, urllib3.exceptions.HTTPError, OSError)
+"""What a call can raise besides :class:`NotFound`: an API error status, a timeout, a refused connection."""
+
+
+def _message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.body)
+    except ValueError:
+        return str(error.body)

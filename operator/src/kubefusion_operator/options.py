@@ -1,0 +1,61 @@
+"""Operator options: environment variables (the Deployment sets them), overridden by ``kubefusion-operator`` flags.
+
+Every option is ``KUBEFUSION_OPERATOR_<NAME>`` in the environment, so ``kopf run -m kubefusion_operator.handlers``
+honours the same settings as the console script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENV_PREFIX = "KUBEFUSION_OPERATOR_"
+
+
+@dataclass
+class Options:
+    metrics_port: int = 8080
+    """Port of the Prometheus /metrics endpoint (kopf's liveness endpoint is separate, 8081 by default)."""
+    metrics_address: str = "0.0.0.0"
+    """Address the /metrics endpoint binds (all interfaces in a pod; 127.0.0.1 for local runs)."""
+    backend_retry_seconds: float = 15.0
+    """First retry delay while Kubeflow's PyTorchJob CRD is missing; doubles on each retry."""
+    backend_retry_max_seconds: float = 300.0
+    """Upper bound of that back-off: the job is picked up at most this long after the CRD appears."""
+    resync_seconds: float = 60.0
+    """Every job is reconciled again this often (level-based safety net for missed watch events)."""
+    watch_timeout_seconds: int = 300
+    """Server-side timeout of kopf's watch requests; kopf reconnects after it (a stuck watch heals)."""
+    workers: int = 10
+    """Threads for the blocking API calls of the handlers (kopf's sync-handler executor)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"{ENV_PREFIX}METRICS_PORT: must be a port number (got {self.metrics_port})")
+        for name in ("backend_retry_seconds", "backend_retry_max_seconds", "resync_seconds",
+                     "watch_timeout_seconds", "workers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()}: must be > 0 (got {getattr(self, name)})")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Options:
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{field.name.upper()}: not a valid {kind.__name__}: {raw!r}") from None
+        return cls(**values)
+
+    def backend_retry_delay(self, retry: int) -> float:
+        """Exponential back-off for a missing training operator: base, 2x base, 4x base... up to the cap."""
+        return min(self.backend_retry_seconds * 2 ** min(retry, 20), self.backend_retry_max_seconds)
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)}
