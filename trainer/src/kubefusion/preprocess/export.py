@@ -234,8 +234,10 @@ def convert_saved_model(saved_model_dir: Path, onnx_path: Path, opset: int = OPS
 
     handler = _UnsupportedOpsLog()
     tf2onnx_log = logging.getLogger("tf2onnx")
-    level = tf2onnx_log.level
-    tf2onnx_log.setLevel(logging.WARNING)  # its INFO lines would drown the init container's log
+    level, propagate = tf2onnx_log.level, tf2onnx_log.propagate
+    # Its INFO lines would drown the init container's log, and its errors are re-raised below as one message.
+    tf2onnx_log.setLevel(logging.WARNING)
+    tf2onnx_log.propagate = False
     tf2onnx_log.addHandler(handler)
     try:
         graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
@@ -247,6 +249,7 @@ def convert_saved_model(saved_model_dir: Path, onnx_path: Path, opset: int = OPS
     finally:
         tf2onnx_log.removeHandler(handler)
         tf2onnx_log.setLevel(level)
+        tf2onnx_log.propagate = propagate
 
     unsupported = sorted(nonstandard_ops(model))
     if unsupported or any("Unsupported ops" in m for m in handler.messages):
