@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -395,3 +396,9 @@ def test_transition_rules_sit_on_every_immutable_section(root_schema, all_cel_ru
     assert with_rule == immutable_sections
     for _, _, rule in _transition_rules(root_schema, all_cel_rules):
         assert rule["rule"] == "self == oldSelf" and "immutable" in rule["message"]
+
+
+def test_every_spec_field_is_in_the_reference_docs():
+    text = (Path(__file__).resolve().parents[3] / "docs" / "operator.md").read_text()
+    missing = [path for path, node in walk() if isinstance(node, Field) and f"`{path}`" not in text]
+    assert missing == [], "document these fields in docs/operator.md's spec reference"
