@@ -1,7 +1,7 @@
 """The spec's fields, their defaults and bounds, as one table the operator reads without the trainer package.
 
 ``manifests/crd.yaml`` (what the API server enforces) and ``kubefusion.config`` (what the trainer enforces)
-describe the same fields; ``tests/unit/operator/test_crd.py`` checks that this table, the CRD and the
+describe the same fields; ``tests/unit/operator/test_operator_crd.py`` checks that this table, the CRD and the
 trainer's dataclasses agree on every field, default and bound. The operator needs its own copy because it must
 not import the trainer, and because an API server without the CRD's validation (the emulator, an old
 cluster) would otherwise let anything through.
