@@ -181,7 +181,7 @@ def _numeric(rng: np.random.Generator, bits: np.ndarray, style: _Style) -> tuple
     """(values float64 [c, 6], missing bool [c, 6]): feature1 > feature2 iff the bit is 1."""
     c = len(bits)
     f2 = rng.normal(size=c)
-    margin = 0.25 + 0.75 * np.abs(rng.normal(size=c))
+    margin = 0.5 + 0.5 * np.abs(rng.normal(size=c))
     f1 = f2 + np.where(bits == 1, margin, -margin)
     values = np.stack([
         f1, f2, rng.normal(size=c), rng.lognormal(0.0, 0.5, size=c), rng.poisson(3.0, size=c).astype(float),
