@@ -282,3 +282,14 @@ def test_operator_package_imports_no_trainer_torch_tensorflow_or_kopf():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
     assert api.TRAINER_CONTAINER == "pytorch"
+
+
+def test_example_job_trains_the_resnet50_bert_base_preset(example_job):
+    job = trainer_config.job_from_dict(example_job)
+    preset = trainer_config.resnet50_bert_base()
+    assert job.model == preset.model
+    assert job.preprocessing == preset.preprocessing
+    assert job.training == preset.training
+    assert (job.resources.nodes, job.resources.gpus_per_node, job.resources.shared_memory) == (2, 4, "32Gi")
+    assert job.scheduling["queue"] and job.scheduling["priorityClassName"]
+    assert job.data.source == {"persistentVolumeClaim": {"claimName": "datasets"}}

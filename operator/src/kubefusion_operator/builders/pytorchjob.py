@@ -49,7 +49,8 @@ def build_pytorchjob(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, An
 
     ``spec`` is the MultimodalTrainJob spec (defaulted here with :func:`with_defaults`), ``meta`` its metadata
     (``name``, ``namespace``, ``uid``). Gang scheduling asks for all ``nodes`` pods at once
-    (``schedulingPolicy.minAvailable``); a ``scheduling.queue`` becomes Kueue's queue label.
+    (``schedulingPolicy.minAvailable``); a ``scheduling.queue`` becomes Kueue's queue label. The spec is expected
+    to have passed :func:`kubefusion_operator.validation.validate_spec`.
     """
     spec = with_defaults(spec)
     resources, scheduling, run_policy = spec["resources"], spec["scheduling"], spec["runPolicy"]
