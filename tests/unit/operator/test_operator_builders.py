@@ -293,3 +293,13 @@ def test_example_job_trains_the_resnet50_bert_base_preset(example_job):
     assert (job.resources.nodes, job.resources.gpus_per_node, job.resources.shared_memory) == (2, 4, "32Gi")
     assert job.scheduling["queue"] and job.scheduling["priorityClassName"]
     assert job.data.source == {"persistentVolumeClaim": {"claimName": "datasets"}}
+
+
+def test_with_defaults_is_idempotent_and_ignores_key_order(example_job):
+    spec = example_job["spec"]
+    reordered = {key: spec[key] for key in reversed(list(spec))}
+    assert with_defaults(with_defaults(spec)) == with_defaults(spec)
+    assert list(with_defaults(reordered)) == list(with_defaults(spec))
+    assert with_defaults(None) == with_defaults({})
+    assert with_defaults({"training": {"epochs": None}})["training"]["epochs"] == 10  # null counts as absent
+    assert with_defaults({"model": {"numClasses": None}})["model"]["numClasses"] is None  # nullable: kept
