@@ -11,7 +11,8 @@ import yaml
 
 from kubefusion import config as trainer_config
 from kubefusion_operator import api
-from kubefusion_operator.builders import build_configmap, build_pytorchjob, run_policy_patch, with_defaults
+from kubefusion_operator.builders import (build_configmap, build_pytorchjob, run_policy_patch, with_defaults,
+                                         world_size)
 from kubefusion_operator.validation import validate_spec
 
 K8S_VERSION = "1.37.0"
@@ -88,7 +89,8 @@ def test_world_size_is_nodes_times_processes_per_node(nodes, gpus, meta):
     job = build_pytorchjob({"image": "x", "resources": {"nodes": nodes, "gpusPerNode": gpus}}, meta)
     assert isinstance(job["spec"]["nprocPerNode"], str)
     assert job["spec"]["nprocPerNode"] == str(max(gpus, 1))
-    assert kubeflow_world_size(job) == nodes * max(gpus, 1)
+    assert kubeflow_world_size(job) == nodes * max(gpus, 1) == world_size({"resources": {"nodes": nodes,
+                                                                                          "gpusPerNode": gpus}})
     assert ("Worker" in job["spec"]["pytorchReplicaSpecs"]) == (nodes > 1)
 
 

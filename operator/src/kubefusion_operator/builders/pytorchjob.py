@@ -16,8 +16,6 @@ from kubefusion_operator import api
 from kubefusion_operator.builders.common import child_labels, child_metadata, job_name, job_namespace
 from kubefusion_operator.builders.defaults import with_defaults
 
-GPU_RESOURCE = api.GPU_RESOURCE
-
 NCCL_ENV = (
     ("NCCL_DEBUG", "WARN"),
     # A hung collective (one rank dead) raises after the timeout instead of blocking forever, so the pod
@@ -149,7 +147,7 @@ def _compute(resources: dict[str, Any], *, gpus: int) -> dict[str, Any]:
     amounts = {key: str(resources[key]) for key in ("cpu", "memory") if resources.get(key) is not None}
     limits: dict[str, Any] = dict(amounts)
     if gpus:
-        limits[GPU_RESOURCE] = gpus
+        limits[api.GPU_RESOURCE] = gpus
     out: dict[str, Any] = {}
     if amounts:
         out["requests"] = dict(amounts)
