@@ -14,7 +14,7 @@ from typing import Any
 
 from kubefusion_operator.api import BUILTIN_PREFIX, URI_RE
 from kubefusion_operator.builders.defaults import with_defaults
-from kubefusion_operator.builders.fields import SPEC_FIELDS, Field
+from kubefusion_operator.builders.fields import SPEC_FIELDS, VOLUME_FIELDS, Field
 
 MAX_NAME_LENGTH = 50
 """Kubeflow names each replica's Service ``<job>-worker-<index>``; a Service name is a DNS-1035 label of at
@@ -171,7 +171,7 @@ def _cross_field(spec: dict[str, Any]) -> list[str]:
     port = spec["monitoring"]["metricsPort"]
     if 0 < port < 1024:
         problems.append(f"spec.monitoring.metricsPort: must be 0 (off) or in [1024, 65000] (got {port})")
-    for path in ("data.source", "storage.checkpoints", "storage.artifacts"):
+    for path in VOLUME_FIELDS:
         section, key = path.split(".")
         problems += _check_volume(spec[section].get(key), f"spec.{path}")
     source = data["source"]
