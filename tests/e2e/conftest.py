@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
 from .emulator import EmulatorThread
+from .harness import NAMESPACE, REPO, Cluster, OperatorProcess
 
 
 @pytest.fixture()
@@ -43,3 +46,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 os.environ.setdefault('NO_PROXY', '127.0.0.1,localhost')
+
+
+@pytest.fixture()
+def cluster(k8s_api: EmulatorThread, api_client: kubernetes.client.ApiClient) -> Cluster:
+    """The emulator with the MultimodalTrainJob CRD (manifests/crd.yaml) installed and namespace ml-team."""
+    c = Cluster(k8s_api, api_client)
+    for document in yaml.safe_load_all((REPO / 'manifests' / 'crd.yaml').read_text()):
+        if document:
+            c.crds.create_custom_resource_definition(document)
+    c.create_namespace(NAMESPACE)
+    return c
+
+
+@pytest.fixture()
+def operator(kubeconfig: Path, tmp_path: Path, cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kubeconfig, tmp_path / 'operator.log')
+    process.start()
+    yield process
+    process.stop()
+    if request.node.rep_call.failed if hasattr(request.node, 'rep_call') else False:
+        print(f'--- operator log (tail) ---\n{process.tail()}')
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f'rep_{report.when}', report)
+

@@ -61,7 +61,21 @@ import attrs
 import jsonpatch
 import jsonpointer
 from kmock import KubernetesEmulator, KubernetesError, Request, ResourceInfo, Server, resource
-from kmock._internal import apps, dicts, rendering
+from kmock._internal import apps, dicts, parsing, rendering
+
+_kmock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """kmock reads ``/api/v1/namespaces[/<name>]`` as a namespace prefix with nothing after it (and fails):
+    here it is the cluster-scoped ``namespaces`` resource, as in the real API."""
+    parts = path.strip('/').split('/')
+    if parts[:3] == ['api', 'v1', 'namespaces'] and (len(parts) <= 4 or len(parts) == 5 and parts[4] == 'status'):
+        return parsing.ParsedPath('', 'v1', 'namespaces', None, *(parts[3:5] + [None, None])[:2])
+    return _kmock_parse_path(path)
+
+
+parsing.parse_path = _parse_path  # kmock's request parser looks the function up on its module at each request
 
 CRDS = resource('apiextensions.k8s.io', 'v1', 'customresourcedefinitions')
 NAMESPACES = resource('', 'v1', 'namespaces')

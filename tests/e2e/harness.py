@@ -1,0 +1,184 @@
+"""Helpers of the end-to-end tests: the cluster as a test sees it, a simulated Kubeflow controller, the
+operator as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import requests
+
+from .emulator import EmulatorThread
+
+REPO = Path(__file__).resolve().parents[2]
+MTJ = ('kubefusion.io', 'v1alpha1', 'multimodaltrainjobs')
+PYTORCHJOB = ('kubeflow.org', 'v1', 'pytorchjobs')
+NAMESPACE = 'ml-team'
+
+PYTORCHJOB_CRD = {
+    # Kubeflow training operator's CRD as far as the API server is concerned: scope, names, /status.
+    'apiVersion': 'apiextensions.k8s.io/v1', 'kind': 'CustomResourceDefinition',
+    'metadata': {'name': 'pytorchjobs.kubeflow.org'},
+    'spec': {'group': 'kubeflow.org', 'scope': 'Namespaced',
+             'names': {'kind': 'PyTorchJob', 'plural': 'pytorchjobs', 'singular': 'pytorchjob', 'listKind': 'PyTorchJobList'},
+             'versions': [{'name': 'v1', 'served': True, 'storage': True, 'subresources': {'status': {}},
+                           'schema': {'openAPIV3Schema': {'type': 'object', 'x-kubernetes-preserve-unknown-fields': True}}}]},
+}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = 'condition') -> Any:
+    """Poll until ``check()`` returns something truthy (API errors count as not yet)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except kubernetes.client.ApiException as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f'timed out after {timeout}s waiting for {what}; last: {last!r}')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """The emulated cluster as a test sees it: typed helpers over the official client."""
+
+    def __init__(self, api: EmulatorThread, client: kubernetes.client.ApiClient) -> None:
+        self.api = api
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.crds = kubernetes.client.ApiextensionsV1Api(client)
+
+    def install_kubeflow(self) -> None:
+        self.crds.create_custom_resource_definition(PYTORCHJOB_CRD)
+
+    def create_namespace(self, name: str) -> None:
+        self.core.create_namespace({'metadata': {'name': name}})
+
+    def job(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(*MTJ[:2], namespace, MTJ[2], name)
+
+    def create_job(self, body: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(*MTJ[:2], namespace, MTJ[2], body)
+
+    def patch_job(self, name: str, patch: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(*MTJ[:2], namespace, MTJ[2], name, patch)
+
+    def pytorchjobs(self, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+        return self.custom.list_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2])['items']
+
+    def pytorchjob(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], name)
+
+    def configmaps(self, namespace: str = NAMESPACE) -> list[Any]:
+        return self.core.list_namespaced_config_map(namespace).items
+
+    def events(self, name: str, namespace: str = NAMESPACE) -> list[Any]:
+        return [e for e in self.core.list_namespaced_event(namespace).items if e.involved_object.name == name]
+
+    def phase(self, name: str, namespace: str = NAMESPACE) -> str | None:
+        return (self.job(name, namespace).get('status') or {}).get('phase')
+
+    def wait_phase(self, name: str, phase: str, namespace: str = NAMESPACE, timeout: float = 20) -> dict[str, Any]:
+        return wait_for(lambda: self.phase(name, namespace) == phase and self.job(name, namespace),
+                        timeout, f'{namespace}/{name} to be {phase}')
+
+    def kubeflow_reports(self, name: str, *conditions: str, namespace: str = NAMESPACE,
+                         extra: dict[str, Any] | None = None) -> None:
+        """What Kubeflow's training operator would write: the given conditions, the last one True."""
+        now = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+        status = {'conditions': [{'type': c, 'status': 'True' if i == len(conditions) - 1 else 'False',
+                                  'reason': f'PyTorchJob{c}', 'message': f'PyTorchJob {name} is {c.lower()}.',
+                                  'lastUpdateTime': now, 'lastTransitionTime': now}
+                                 for i, c in enumerate(conditions)],
+                  'startTime': now, **(extra or {})}
+        self.custom.patch_namespaced_custom_object_status(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], name,
+                                                          {'status': status})
+
+
+def job_body(name: str, *, nodes: int = 2, gpus: int = 4, suspend: bool = False, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        'apiVersion': 'kubefusion.io/v1alpha1', 'kind': 'MultimodalTrainJob', 'metadata': {'name': name},
+        'spec': {'image': 'registry.example.com/kubefusion-trainer:0.1.0',
+                 'data': {'source': {'persistentVolumeClaim': {'claimName': 'datasets'}}, 'path': 'products/'},
+                 'resources': {'nodes': nodes, 'gpusPerNode': gpus},
+                 'runPolicy': {'suspend': suspend}}}
+    body['spec'].update(spec)
+    return body
+
+
+class OperatorProcess:
+    """The real ``kubefusion-operator`` console script, against the emulator, as a subprocess."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig, self.log = kubeconfig, log
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        script = shutil.which('kubefusion-operator', path=str(Path(sys.executable).parent)) or 'kubefusion-operator'
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), NO_PROXY='127.0.0.1',
+                   KUBEFUSION_OPERATOR_BACKEND_RETRY_MAX_SECONDS='1')
+        with self.log.open('ab') as log:
+            self.process = subprocess.Popen(
+                [script, '--liveness', f'http://127.0.0.1:{self.liveness_port}/healthz',
+                 '--metrics-port', str(self.metrics_port), '--metrics-address', '127.0.0.1',
+                 '--backend-retry-seconds', '0.5', '--resync-seconds', '3'],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def healthy() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.tail()
+            try:
+                return requests.get(f'http://127.0.0.1:{self.liveness_port}/healthz', timeout=1).ok
+            except requests.RequestException:
+                return False
+        wait_for(healthy, timeout, 'the operator to report healthy')
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.metrics_port = free_port()  # the old process's ports may linger in TIME_WAIT
+        self.liveness_port = free_port()
+        self.start()
+
+    def metrics(self) -> dict[str, float]:
+        """The scraped samples, by their full name with labels: ``name{label="value"}``."""
+        from prometheus_client.parser import text_string_to_metric_families
+        text = requests.get(f'http://127.0.0.1:{self.metrics_port}/metrics', timeout=5).text
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ','.join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f'{sample.name}{{{labels}}}' if labels else sample.name] = sample.value
+        return samples
+
+    def tail(self, lines: int = 60) -> str:
+        return '\n'.join(self.log.read_text(errors='replace').splitlines()[-lines:]) if self.log.exists() else ''
+
+

@@ -1,0 +1,240 @@
+"""The real operator (``kubefusion-operator``, kopf) against the API emulator, driven by the official client.
+
+A simulated Kubeflow training operator is the test itself: it patches the PyTorchJob's status as Kubeflow would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from .harness import NAMESPACE, Cluster, OperatorProcess, job_body, wait_for
+
+
+def children(cluster: Cluster, name: str) -> tuple[dict[str, Any], Any]:
+    pytorchjob = wait_for(lambda: cluster.pytorchjob(name), what=f'PyTorchJob {name}')
+    configmap = wait_for(lambda: cluster.core.read_namespaced_config_map(f'{name}-config', NAMESPACE),
+                         what=f'ConfigMap {name}-config')
+    return pytorchjob, configmap
+
+
+def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in job['status'].get('conditions', []) if c['type'] == type_)
+
+
+@pytest.mark.slow
+def test_job_lifecycle_children_status_events_and_metrics(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    created = cluster.create_job(job_body('products'))
+    pytorchjob, configmap = children(cluster, 'products')
+
+    owner = {'apiVersion': 'kubefusion.io/v1alpha1', 'kind': 'MultimodalTrainJob', 'name': 'products',
+             'uid': created['metadata']['uid'], 'controller': True, 'blockOwnerDeletion': True}
+    assert pytorchjob['metadata']['ownerReferences'] == [owner]
+    assert configmap.metadata.owner_references[0].uid == created['metadata']['uid']
+    assert pytorchjob['metadata']['labels']['kubefusion.io/job-name'] == 'products'
+    replicas = pytorchjob['spec']['pytorchReplicaSpecs']
+    assert replicas['Master']['replicas'] + replicas['Worker']['replicas'] == 2
+    assert pytorchjob['spec']['nprocPerNode'] == '4'
+    document = configmap.data['job.yaml']
+    assert 'products' in document and '/data/products' in document
+
+    pending = cluster.wait_phase('products', 'Pending')  # created, no word from Kubeflow yet
+    assert pending['status']['pytorchJob'] == 'products'
+    cluster.kubeflow_reports('products', 'Created')
+    cluster.wait_phase('products', 'Created')
+    cluster.kubeflow_reports('products', 'Created', 'Running',
+                             extra={'replicaStatuses': {'Master': {'active': 1}, 'Worker': {'active': 1}}})
+    running = cluster.wait_phase('products', 'Running')
+    assert running['status']['nodes'] == 2 and running['status']['gpus'] == 8
+    assert running['status']['active'] == 2 and running['status']['startTime']
+    assert running['status']['observedGeneration'] == 1
+    cluster.kubeflow_reports('products', 'Created', 'Running', 'Succeeded',
+                             extra={'completionTime': '2026-01-01T00:00:00Z'})
+    done = cluster.wait_phase('products', 'Succeeded')
+    assert done['status']['completionTime'] == '2026-01-01T00:00:00Z'
+    assert condition(done, 'Succeeded')['status'] == 'True'
+    assert condition(done, 'Running')['status'] == 'False'
+
+    # ttlSecondsAfterFinished: Kubeflow deletes the PyTorchJob. The job stays Succeeded, nothing is re-created.
+    cluster.custom.delete_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'products')
+    time.sleep(4)  # longer than a resync period
+    assert cluster.phase('products') == 'Succeeded' and cluster.pytorchjobs() == []
+
+    reasons = {e.reason for e in cluster.events('products')}
+    assert {'Created', 'Succeeded'} <= reasons
+    metrics = operator.metrics()
+    assert metrics['kubefusion_operator_children_created_total{kind="PyTorchJob"}'] == 1
+    assert metrics['kubefusion_operator_children_created_total{kind="ConfigMap"}'] == 1
+    assert metrics['kubefusion_operator_jobs{phase="Succeeded"}'] == 1
+    assert metrics['kubefusion_operator_jobs{phase="Running"}'] == 0
+    assert metrics['kubefusion_operator_reconcile_duration_seconds_count'] >= 1
+
+
+@pytest.mark.slow
+def test_failed_pytorchjob_fails_the_job_with_kubeflows_reason(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    cluster.create_job(job_body('broken'))
+    children(cluster, 'broken')
+    cluster.kubeflow_reports('broken', 'Created', 'Running', 'Failed')
+    failed = cluster.wait_phase('broken', 'Failed')
+    assert failed['status']['reason'] == 'PyTorchJobFailed'
+    assert 'broken is failed' in failed['status']['message']
+    cluster.kubeflow_reports('broken', 'Created', 'Running')  # a late, stale report never revives it
+    time.sleep(1)
+    assert cluster.phase('broken') == 'Failed'
+    assert any(e.type == 'Warning' and e.reason == 'Failed' for e in cluster.events('broken'))
+
+
+@pytest.mark.slow
+def test_suspend_propagates_both_ways(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    cluster.create_job(job_body('held', suspend=True))
+    pytorchjob, _ = children(cluster, 'held')
+    assert pytorchjob['spec']['runPolicy']['suspend'] is True
+
+    cluster.patch_job('held', {'spec': {'runPolicy': {'suspend': False}}})
+    wait_for(lambda: cluster.pytorchjob('held')['spec']['runPolicy']['suspend'] is False, what='resume')
+    cluster.kubeflow_reports('held', 'Created', 'Running')
+    cluster.wait_phase('held', 'Running')
+
+    # Kueue preempts: it suspends the PyTorchJob itself. The job shows it, and the operator does not undo it.
+    cluster.custom.patch_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'held',
+                                                  {'spec': {'runPolicy': {'suspend': True}}})
+    cluster.kubeflow_reports('held', 'Created', 'Running', 'Suspended')
+    suspended = cluster.wait_phase('held', 'Suspended')
+    assert suspended['status']['reason'] == 'PyTorchJobSuspended'
+    time.sleep(4)  # a resync period: still suspended, as Kueue wants
+    assert cluster.pytorchjob('held')['spec']['runPolicy']['suspend'] is True
+
+    # A mutable limit changes without touching Kueue's suspend.
+    cluster.patch_job('held', {'spec': {'runPolicy': {'backoffLimit': 7}}})
+    wait_for(lambda: cluster.pytorchjob('held')['spec']['runPolicy']['backoffLimit'] == 7, what='backoffLimit')
+    assert cluster.pytorchjob('held')['spec']['runPolicy']['suspend'] is True
+
+
+@pytest.mark.slow
+def test_delete_garbage_collects_children(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    cluster.create_job(job_body('short'))
+    children(cluster, 'short')
+    cluster.custom.delete_namespaced_custom_object('kubefusion.io', 'v1alpha1', NAMESPACE, 'multimodaltrainjobs',
+                                                   'short')
+    wait_for(lambda: cluster.pytorchjobs() == [] and cluster.configmaps() == [], what='children to be collected')
+    wait_for(lambda: operator.metrics()['kubefusion_operator_jobs{phase="Pending"}'] == 0, what='gauge to drop')
+
+
+@pytest.mark.slow
+def test_restart_mid_flight_adopts_without_duplicates(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    cluster.create_job(job_body('long'))
+    first, _ = children(cluster, 'long')
+    cluster.kubeflow_reports('long', 'Created', 'Running')
+    cluster.wait_phase('long', 'Running')
+
+    operator.stop()
+    # While the operator is away: Kubeflow finishes, and a ConfigMap of another job lost its owner reference.
+    cluster.kubeflow_reports('long', 'Created', 'Running', 'Succeeded')
+    other = cluster.create_job(job_body('other'))
+    orphan = {'metadata': {'name': 'other-config', 'labels': {'kubefusion.io/job-name': 'other'}}, 'data': {}}
+    cluster.core.create_namespaced_config_map(NAMESPACE, orphan)
+    operator.start()
+
+    cluster.wait_phase('long', 'Succeeded')
+    adopted = wait_for(lambda: cluster.core.read_namespaced_config_map('other-config', NAMESPACE).metadata
+                       .owner_references, what='adoption')
+    assert adopted[0].uid == other['metadata']['uid']
+    assert 'job.yaml' in cluster.core.read_namespaced_config_map('other-config', NAMESPACE).data
+    wait_for(lambda: len(cluster.pytorchjobs()) == 2, what='the other PyTorchJob')
+    assert cluster.pytorchjob('long')['metadata']['uid'] == first['metadata']['uid']
+    assert sorted(cm.metadata.name for cm in cluster.configmaps()) == ['long-config', 'other-config']
+    metrics = operator.metrics()
+    assert metrics['kubefusion_operator_children_created_total{kind="PyTorchJob"}'] == 1  # only `other`'s
+    assert metrics.get('kubefusion_operator_children_created_total{kind="ConfigMap"}', 0) == 0
+
+
+@pytest.mark.slow
+def test_invalid_spec_is_refused_with_a_condition(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    body = job_body('bad')
+    body['spec']['training'] = {'precision': 'fp8'}
+    cluster.create_job(body)
+    refused = wait_for(lambda: any(c['type'] == 'SpecValid' for c in
+                                   (cluster.job('bad').get('status') or {}).get('conditions', [])) and cluster.job('bad'),
+                       what='SpecValid condition')
+    spec_valid = condition(refused, 'SpecValid')
+    assert spec_valid['status'] == 'False' and spec_valid['reason'] == 'InvalidSpec'
+    assert 'spec.training.precision' in spec_valid['message']
+    assert refused['status']['phase'] == 'Pending' and refused['status']['reason'] == 'InvalidSpec'
+    assert cluster.pytorchjobs() == []
+    wait_for(lambda: any(e.reason == 'InvalidSpec' and e.type == 'Warning' for e in cluster.events('bad')),
+             what='InvalidSpec event')
+    assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="InvalidSpec"}'] >= 1
+
+
+@pytest.mark.slow
+def test_immutable_change_is_refused_and_reverting_clears_it(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    cluster.create_job(job_body('fixed'))
+    children(cluster, 'fixed')
+    cluster.patch_job('fixed', {'spec': {'resources': {'nodes': 3}}})
+    refused = wait_for(lambda: (c := condition(cluster.job('fixed'), 'SpecValid'))['status'] == 'False' and c,
+                       what='ImmutableFieldChanged')
+    assert refused['reason'] == 'ImmutableFieldChanged' and 'spec.resources.nodes' in refused['message']
+    assert sum(r['replicas'] for r in cluster.pytorchjob('fixed')['spec']['pytorchReplicaSpecs'].values()) == 2
+    wait_for(lambda: any(e.reason == 'ImmutableFieldChanged' for e in cluster.events('fixed')), what='event')
+    cluster.patch_job('fixed', {'spec': {'resources': {'nodes': 2}}})
+    wait_for(lambda: condition(cluster.job('fixed'), 'SpecValid')['status'] == 'True', what='SpecValid=True')
+
+
+@pytest.mark.slow
+def test_no_backend_reports_what_to_install_then_recovers(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_body('early'))
+    waiting = wait_for(lambda: any(c['type'] == 'BackendAvailable' for c in
+                                   (cluster.job('early').get('status') or {}).get('conditions', []))
+                       and cluster.job('early'), what='BackendAvailable condition')
+    backend = condition(waiting, 'BackendAvailable')
+    assert backend['status'] == 'False' and backend['reason'] == 'BackendUnavailable'
+    assert 'training-operator' in backend['message'] and 'kubectl apply' in backend['message']
+    assert waiting['status']['phase'] == 'Pending' and waiting['status']['reason'] == 'BackendUnavailable'
+    assert operator.process is not None and operator.process.poll() is None  # no crash loop
+
+    cluster.install_kubeflow()
+    wait_for(lambda: cluster.pytorchjob('early'), what='the PyTorchJob after Kubeflow was installed')
+    cluster.kubeflow_reports('early', 'Created', 'Running')
+    recovered = cluster.wait_phase('early', 'Running')
+    assert condition(recovered, 'BackendAvailable')['status'] == 'True'
+    assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="BackendUnavailable"}'] >= 1
+
+
+@pytest.mark.slow
+def test_api_errors_are_retried_not_lost(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    emulator = cluster.api.emulator
+    assert emulator is not None
+    emulator['post', emulator.resource('kubeflow.org', 'v1', 'pytorchjobs')][:2] << 500
+    cluster.create_job(job_body('flaky'))
+    wait_for(lambda: cluster.pytorchjob('flaky'), timeout=30, what='the PyTorchJob after two failures')
+    assert len(cluster.pytorchjobs()) == 1
+    assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="ApiError500"}'] >= 1
+
+
+@pytest.mark.slow
+def test_hundred_jobs_make_exactly_hundred_pytorchjobs(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    for i in range(100):
+        cluster.create_job(job_body(f'job-{i:03d}', nodes=1 + i % 3))
+    wait_for(lambda: len(cluster.pytorchjobs()) == 100, timeout=120, what='100 PyTorchJobs')
+    wait_for(lambda: all((j.get('status') or {}).get('pytorchJob') for j in cluster.custom.list_namespaced_custom_object(
+        'kubefusion.io', 'v1alpha1', NAMESPACE, 'multimodaltrainjobs')['items']), timeout=60, what='100 statuses')
+    time.sleep(3)  # a resync period later: still exactly 100 of each
+    names = sorted(p['metadata']['name'] for p in cluster.pytorchjobs())
+    assert names == [f'job-{i:03d}' for i in range(100)]
+    assert len(cluster.configmaps()) == 100
+    assert operator.metrics()['kubefusion_operator_children_created_total{kind="PyTorchJob"}'] == 100
+    with pytest.raises(ApiException):
+        json.dumps(cluster.pytorchjob('job-100'))
