@@ -14,6 +14,7 @@ from kubefusion.errors import ArtifactError, UserError
 from kubefusion.preprocess import artifact
 from kubefusion.preprocess.export import key_material, nonstandard_ops
 from kubefusion.preprocess.stats import NumericStatistics, compute_numeric_statistics
+from kubefusion.serve.export import _replace_dir
 from kubefusion.serve.predict import parse_numeric
 
 NAN = np.nan
@@ -187,3 +188,25 @@ def test_numeric_argument_marks_empty_entries_missing():
 def test_numeric_argument_errors_name_the_column(text, message):
     with pytest.raises(UserError, match=message):
         parse_numeric(text, ["a", "b", "c"])
+
+
+# ------------------------------------------------------------------------------------------ model export
+
+
+def test_a_new_export_replaces_the_previous_one(tmp_path):
+    out = tmp_path / "served"
+    for version in ("one", "two"):
+        temp = artifact.new_temp_dir(tmp_path, "served")
+        (temp / "model.json").write_text(version)
+        _replace_dir(temp, out)
+    assert (out / "model.json").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]
+
+
+def test_export_does_not_overwrite_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "notes.txt").write_text("mine")
+    temp = artifact.new_temp_dir(tmp_path, "served")
+    with pytest.raises(ArtifactError, match="not a kubefusion export"):
+        _replace_dir(temp, tmp_path / "served")
+    assert (tmp_path / "served" / "notes.txt").read_text() == "mine"
