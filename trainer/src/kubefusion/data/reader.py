@@ -49,6 +49,7 @@ from kubefusion.errors import DataError
 TEXT_FILE = "text.csv"
 NUMERIC_FILE = "numeric.csv"
 IMAGES_DIR = "images"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -58,8 +59,8 @@ class _Tables:
     image: dict[str, str] = field(default_factory=dict)
     text: dict[str, str] = field(default_factory=dict)
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
-    labels: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """id -> (label name, where it was first read)."""
+    labels: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    """id -> (label name, file and line where it was first read)."""
     bad_ids: set[str] = field(default_factory=set)
     numeric_columns: list[str] = field(default_factory=list)
 
@@ -104,7 +105,8 @@ def scan(
     for record in records:
         name = labels[record.id]
         if name not in index:
-            bad("unknown_label", tables.labels[record.id][1],
+            _, path, line = tables.labels[record.id]
+            bad("unknown_label", f"{path} line {line}",
                 f"id {record.id!r} has label {name!r}, not one of {', '.join(classes)}")
             continue
         record.label = index[name]
@@ -174,22 +176,25 @@ def _open_csv(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
 
 
 class _RowReader:
-    """Turns rows of one CSV into (id, label, cells-by-column) with the per-row checks every file shares."""
+    """Checks shared by every CSV: field count, id, label, duplicates, label agreement across files.
+    Also parses numeric cells. Kept lean: it runs once per row of files with millions of rows."""
 
     def __init__(self, path: str, header: list[str], tables: _Tables, bad: BadRecords) -> None:
         self.path, self.header, self.tables, self.bad = path, header, tables, bad
+        self.width = len(header)
         self.id_col, self.label_col = header.index("id"), header.index("label")
         self.seen: dict[str, int] = {}
+        self.label_names: dict[str, str] = {}  # one string object per distinct label, not one per row
 
     def where(self, line: int) -> str:
         return f"{self.path} line {line}"
 
-    def row(self, line: int, cells: list[str]) -> tuple[str, dict[str, str]] | None:
-        """The row's id and its cells by column name, or None when the row is bad (reported already)."""
+    def row(self, line: int, cells: list[str]) -> str | None:
+        """The row's id, or None when the row is bad (reported already)."""
         record_id = cells[self.id_col].strip() if len(cells) > self.id_col else ""
-        if len(cells) != len(self.header):
+        if len(cells) != self.width:
             self.reject("unparsable_row", line, record_id,
-                        f"expected {len(self.header)} fields ({','.join(self.header)}), found {len(cells)}")
+                        f"expected {self.width} fields ({','.join(self.header)}), found {len(cells)}")
             return None
         if not record_id:
             self.reject("unparsable_row", line, "", "empty id")
@@ -199,48 +204,46 @@ class _RowReader:
             self.reject("unparsable_row", line, record_id, "empty label")
             return None
         if record_id in self.seen:
-            self.reject("duplicate_id", line, record_id,
-                        f"id {record_id!r} already on line {self.seen[record_id]}")
+            self.reject("duplicate_id", line, record_id, f"id {record_id!r} already on line {self.seen[record_id]}")
             return None
         self.seen[record_id] = line
-        if not self.add_label(record_id, label, self.where(line)):
-            return None
-        return record_id, dict(zip(self.header, cells, strict=True))
-
-    def add_label(self, record_id: str, label: str, where: str) -> bool:
+        label = self.label_names.setdefault(label, label)
         first = self.tables.labels.get(record_id)
         if first is None:
-            self.tables.labels[record_id] = (label, where)
-            return True
-        if first[0] != label:
-            self.bad("label_conflict", where, f"id {record_id!r} has label {label!r} here but {first[0]!r} at {first[1]}")
-            self.tables.bad_ids.add(record_id)
-            return False
-        return True
+            self.tables.labels[record_id] = (label, self.path, line)
+        elif first[0] != label:
+            self.reject("label_conflict", line, record_id,
+                        f"id {record_id!r} has label {label!r} here but {first[0]!r} at {first[1]} line {first[2]}")
+            return None
+        return record_id
 
     def reject(self, reason: str, line: int, record_id: str, detail: str) -> None:
-        self.bad(reason, self.where(line), detail + (f" (id {record_id!r})" if record_id and "id " not in detail else ""))
+        if record_id and f"id {record_id!r}" not in detail:
+            detail += f" (id {record_id!r})"
+        self.bad(reason, self.where(line), detail)
         if record_id:
             self.tables.bad_ids.add(record_id)
 
-    def numbers(self, line: int, record_id: str, cells: dict[str, str], columns: list[str]) -> np.ndarray | None:
-        """The numeric cells as float32 (empty or ``nan`` -> NaN), or None when one is not a finite number."""
-        values = np.empty(len(columns), dtype=np.float32)
-        for j, column in enumerate(columns):
-            cell = cells[column].strip()
-            if not cell or cell.lower() == "nan":
-                values[j] = np.nan
-                continue
+    def numbers(self, line: int, record_id: str, cells: list[str], columns: list[int]) -> np.ndarray | None:
+        """The cells at ``columns`` as float32 (empty or ``nan`` -> NaN), or None when one is not a finite
+        number (reported)."""
+        try:
+            values = [float(cells[j]) if cells[j].strip() else math.nan for j in columns]
+            if not any(v > _FLOAT32_MAX or v < -_FLOAT32_MAX for v in values):  # NaN compares False: allowed
+                return np.array(values, dtype=np.float32)
+        except ValueError:
+            pass
+        for j in columns:  # slow path, only for a bad row: find the culprit
+            cell = cells[j].strip()
             try:
-                value = float(cell)
+                value = float(cell) if cell else 0.0
             except ValueError:
-                value = math.nan
-            if not math.isfinite(value) or not math.isfinite(np.float32(value)):
+                value = math.inf
+            if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX and not math.isnan(value):
                 self.reject("non_numeric", line, record_id,
-                            f"column {column!r} of id {record_id!r} is {cell!r}, not a finite number")
+                            f"column {self.header[j]!r} of id {record_id!r} is {cell!r}, not a finite number")
                 return None
-            values[j] = value
-        return values
+        raise AssertionError("unreachable: a value failed to parse but every cell parses")
 
 
 # ------------------------------------------------------------------------------------------------ layouts
@@ -286,10 +289,11 @@ def _read_text(path: str, tables: _Tables, bad: BadRecords) -> None:
     if extra:
         raise DataError(f"{path} line 1: unexpected column(s) {', '.join(extra)} (expected id,text,label)")
     reader = _RowReader(path, header, tables, bad)
+    text_col = header.index("text")
     for line, cells in rows:
-        parsed = reader.row(line, cells)
-        if parsed is not None:
-            tables.text[parsed[0]] = parsed[1]["text"]
+        record_id = reader.row(line, cells)
+        if record_id is not None:
+            tables.text[record_id] = cells[text_col]
 
 
 def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
@@ -300,13 +304,14 @@ def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
         raise DataError(f"{path} line 1: no numeric columns (expected id,feature1,...,featureN,label)")
     tables.numeric_columns = columns
     reader = _RowReader(path, header, tables, bad)
+    positions = [header.index(c) for c in columns]
     for line, cells in rows:
-        parsed = reader.row(line, cells)
-        if parsed is None:
+        record_id = reader.row(line, cells)
+        if record_id is None:
             continue
-        values = reader.numbers(line, parsed[0], parsed[1], columns)
+        values = reader.numbers(line, record_id, cells, positions)
         if values is not None:
-            tables.numeric[parsed[0]] = values
+            tables.numeric[record_id] = values
 
 
 def _read_manifest(path: str, tables: _Tables, bad: BadRecords) -> None:
@@ -317,25 +322,26 @@ def _read_manifest(path: str, tables: _Tables, bad: BadRecords) -> None:
     base = path.rsplit("/", 1)[0] if _gfile.is_uri(path) else str(Path(path).parent)
     file_exists = _ExistenceCache()
     reader = _RowReader(path, header, tables, bad)
+    image_col, text_col = header.index("image"), header.index("text")
+    positions = [header.index(c) for c in columns]
     for line, cells in rows:
-        parsed = reader.row(line, cells)
-        if parsed is None:
+        record_id = reader.row(line, cells)
+        if record_id is None:
             continue
-        record_id, row = parsed
-        image = row["image"].strip()
+        image = cells[image_col].strip()
         image_path = _gfile.resolve(base, image) if image else None
         if image_path is not None and not file_exists(image_path):
             reader.reject("missing_file", line, record_id, f"image {image_path} of id {record_id!r} does not exist")
             continue
         values = None
-        if columns and any(row[c].strip() for c in columns):
-            values = reader.numbers(line, record_id, row, columns)
+        if positions and any(cells[j].strip() for j in positions):
+            values = reader.numbers(line, record_id, cells, positions)
             if values is None:
                 continue
         if image_path is not None:
             tables.image[record_id] = image_path
-        if row["text"].strip():
-            tables.text[record_id] = row["text"]
+        if cells[text_col].strip():
+            tables.text[record_id] = cells[text_col]
         if values is not None:
             tables.numeric[record_id] = values
 
