@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from kubefusion.errors import ArtifactError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the graph or the manifest changes meaning; part of the content key."""
 MANIFEST = "manifest.json"
 POINTER = "latest.json"

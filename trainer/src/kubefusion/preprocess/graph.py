@@ -40,8 +40,8 @@ class PreprocessModule(tf.Module):
                  numeric: NumericStatistics) -> None:
         super().__init__(name="kubefusion_preprocess")
         self.image_size = int(image_size)
-        self._pixel_mean = np.asarray(image_mean, dtype=np.float32).reshape(1, 1, 1, 3)
-        self._pixel_std = np.asarray(image_std, dtype=np.float32).reshape(1, 1, 1, 3)
+        self._pixel_mean = np.asarray(image_mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self._pixel_std = np.asarray(image_std, dtype=np.float32).reshape(1, 3, 1, 1)
         self._num_mean = np.asarray(numeric.mean, dtype=np.float32).reshape(1, -1)
         self._num_std = np.asarray(numeric.std, dtype=np.float32).reshape(1, -1)
         features = self._num_mean.shape[1]
@@ -54,9 +54,10 @@ class PreprocessModule(tf.Module):
         )
 
     def _preprocess(self, image: tf.Tensor, numeric_raw: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = resize_bilinear(tf.cast(image, tf.float32), self.image_size)
+        # Channels first before any arithmetic: onnxruntime broadcasts a per-channel constant over a
+        # contiguous H*W plane several times faster than over a trailing axis of 3.
+        pixels = resize_bilinear(tf.cast(tf.transpose(image, [0, 3, 1, 2]), tf.float32), self.image_size)
         pixels = (pixels / 255.0 - tf.constant(self._pixel_mean)) / tf.constant(self._pixel_std)
-        pixels = tf.transpose(pixels, [0, 3, 1, 2])
         mean = tf.constant(self._num_mean)
         imputed = tf.where(tf.math.is_nan(numeric_raw), mean, numeric_raw)
         numeric = (imputed - mean) / tf.constant(self._num_std)
@@ -77,16 +78,23 @@ def _source_coordinates(in_size: tf.Tensor, out_size: int) -> tuple[tf.Tensor, t
 
 
 def resize_bilinear(pixels: tf.Tensor, size: int) -> tf.Tensor:
-    """Bilinear, half-pixel-centre resize of float NHWC ``pixels`` to ``size`` x ``size``."""
+    """Bilinear, half-pixel-centre resize of float NCHW ``pixels`` to ``size`` x ``size``. Images already at
+    the size (what the training pipeline hands over) skip the gathers: the resize would be the identity."""
     shape = tf.shape(pixels)
-    top, bottom, dy = _source_coordinates(shape[1], size)
-    left, right, dx = _source_coordinates(shape[2], size)
-    dy = tf.reshape(dy, [1, size, 1, 1])
-    dx = tf.reshape(dx, [1, 1, size, 1])
-    upper_rows = tf.gather(pixels, top, axis=1)
-    rows = upper_rows + (tf.gather(pixels, bottom, axis=1) - upper_rows) * dy
-    left_cols = tf.gather(rows, left, axis=2)
-    return left_cols + (tf.gather(rows, right, axis=2) - left_cols) * dx
+    at_size = tf.logical_and(tf.equal(shape[2], size), tf.equal(shape[3], size))
+    out = tf.cond(at_size, lambda: tf.identity(pixels), lambda: _resize(pixels, shape, size))
+    out.set_shape([None, 3, size, size])
+    return out
+
+
+def _resize(pixels: tf.Tensor, shape: tf.Tensor, size: int) -> tf.Tensor:
+    top, bottom, dy = _source_coordinates(shape[2], size)
+    left, right, dx = _source_coordinates(shape[3], size)
+    dy = tf.reshape(dy, [1, 1, size, 1])
+    upper_rows = tf.gather(pixels, top, axis=2)
+    rows = upper_rows + (tf.gather(pixels, bottom, axis=2) - upper_rows) * dy
+    left_cols = tf.gather(rows, left, axis=3)
+    return left_cols + (tf.gather(rows, right, axis=3) - left_cols) * dx
 
 
 def save_module(module: tf.Module, saved_model_dir: str) -> None:

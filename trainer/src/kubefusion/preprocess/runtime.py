@@ -36,10 +36,12 @@ class Preprocessor:
 
     @classmethod
     def load(cls, artifacts: str | Path, backend: Backend = "onnx", *, content_key: str | None = None,
-             threads: int | None = None, verify: bool = True) -> "Preprocessor":
+             threads: int | None = 1, verify: bool = True) -> "Preprocessor":
         """Load from the ARTIFACTS folder given to ``kubefusion preprocess`` (``latest.json`` picks the
         artifact, or ``content_key`` does) or from one artifact folder. ``verify`` checks every file's sha256.
-        ``threads`` caps onnxruntime's intra-op threads (several ranks share a pod's CPUs)."""
+        ``threads``: onnxruntime intra-op threads; ``None`` lets it use every core. One by default: every rank
+        of a pod runs its own copy per batch, and on a demo batch one thread was also the fastest (measured in
+        benchmarks/preprocess_export.py)."""
         if backend not in BACKENDS:
             raise ArtifactError(f"preprocessing backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
         artifact_dir = artifact.resolve(Path(artifacts), content_key)
