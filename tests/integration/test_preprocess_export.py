@@ -190,6 +190,17 @@ def test_second_run_reuses_the_artifact_without_tensorflow(built, job_file):
     print(f"cache hit took {summary['seconds']} s in-process")
 
 
+def test_the_key_is_known_before_exporting(built, job_file):
+    from kubefusion.config import load_job_file
+    from kubefusion.preprocess.export import expected_content_key
+    from kubefusion.preprocess.runtime import Preprocessor
+
+    out, result = built
+    key = expected_content_key(load_job_file(job_file), out)
+    assert key == result.content_key
+    assert Preprocessor.load(out, content_key=key).artifact_dir == result.artifact_dir
+
+
 def test_concurrent_exports_leave_one_complete_artifact(tmp_path, job_file):
     from kubefusion.preprocess import artifact
 

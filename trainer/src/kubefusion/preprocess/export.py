@@ -92,6 +92,14 @@ def data_root_for(job: JobConfig, artifacts: Path) -> Path:
     return job.data_dir
 
 
+def expected_content_key(job: JobConfig, artifacts: Path, *, data_root: Path | None = None) -> str:
+    """The content key ``kubefusion preprocess`` computes for this job (no TensorFlow; hashes the data files).
+    ``Preprocessor.load(artifacts, content_key=...)`` with it picks this job's artifact even when another
+    job's export moved ``latest.json`` in a shared ARTIFACTS folder."""
+    root = Path(data_root) if data_root is not None else data_root_for(job, Path(artifacts))
+    return artifact.content_key(key_material(job, root))
+
+
 # ----------------------------------------------------------------------------------------- prepare
 
 
