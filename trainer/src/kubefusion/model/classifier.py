@@ -71,10 +71,11 @@ class MultimodalClassifier(nn.Module):
         """Columns of the [B, 3] data mask for this model's modalities, after modality dropout in training."""
         present = modality_mask[:, self._columns].bool()
         if self.training and self.modality_dropout > 0:
-            keep = present & (torch.rand(present.shape, device=present.device) >= self.modality_dropout)
-            # Never drop every modality of a sample: that sample would teach nothing.
-            nothing_left = ~keep.any(dim=1, keepdim=True)
-            present = torch.where(nothing_left, present, keep)
+            draw = torch.rand(present.shape, device=present.device)
+            keep = present & (draw >= self.modality_dropout)
+            # Never drop every modality of a sample (it would teach nothing): keep one present modality of it.
+            one = torch.nn.functional.one_hot((draw * present).argmax(dim=1), present.shape[1]).bool() & present
+            present = torch.where(keep.any(dim=1, keepdim=True), keep, one)
         return present
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

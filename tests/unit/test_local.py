@@ -1,0 +1,71 @@
+"""`kubefusion run --local`: the job's resources mapped onto this machine, and failures told in one line."""
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubefusion import config as cfg
+from kubefusion.local import OutputFilter, plan_processes, torchrun_command
+
+
+@pytest.mark.parametrize("nodes, per_node, gpus, cpus, expected", [
+    (1, 2, 0, 2, (2, "cpu", "gloo", 1)),      # the demo on a 2-core laptop
+    (1, 4, 0, 2, (2, "cpu", "gloo", 1)),      # more processes asked than cores
+    (1, 2, 0, 16, (2, "cpu", "gloo", 8)),     # spare cores become torch threads
+    (1, 4, 8, 32, (4, "cuda", "nccl", 8)),    # GPUs enough
+    (2, 4, 4, 16, (4, "cuda", "nccl", 4)),    # 2 nodes x 4 collapse onto one 4-GPU machine
+    (2, 4, 8, 16, (8, "cuda", "nccl", 2)),
+    (1, 0, 0, 8, (1, "cpu", "gloo", 8)),      # a CPU-only job: one process per node
+    (1, 4, 0, 1, (1, "cpu", "gloo", 1)),
+])
+def test_the_spec_maps_onto_local_processes(nodes, per_node, gpus, cpus, expected):
+    plan = plan_processes(cfg.ResourcesConfig(nodes=nodes, gpus_per_node=per_node), gpus=gpus, cpus=cpus)
+    assert (plan.processes, plan.device, plan.backend, plan.threads_per_process) == expected
+
+
+def test_adjustments_are_explained():
+    plan = plan_processes(cfg.ResourcesConfig(nodes=2, gpus_per_node=4), gpus=0, cpus=2)
+    assert any("nodes=2" in n for n in plan.notes) and any("no GPU" in n for n in plan.notes)
+
+
+def test_torchrun_command_is_standalone_on_the_given_port():
+    plan = plan_processes(cfg.ResourcesConfig(gpus_per_node=2), gpus=0, cpus=2)
+    command = torchrun_command(plan, job_file=Path("/j.yaml"), artifacts=Path("/o/artifacts"), output=Path("/o"),
+                               data=Path("/o/data"), port=29511)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    text = " ".join(command)
+    assert "--nproc-per-node 2" in text and "--rdzv-endpoint 127.0.0.1:29511" in text
+    assert text.endswith("-m kubefusion train --config /j.yaml --artifacts /o/artifacts --output /o --data /o/data")
+
+
+def feed(lines):
+    echo = io.StringIO()
+    out = OutputFilter(io.StringIO(), echo)
+    for line in lines:
+        out.feed(line + "\n")
+    return out, echo.getvalue()
+
+
+def test_a_rank_error_becomes_the_one_line_reason_and_torchrun_noise_is_hidden():
+    out, echo = feed([
+        "I0000 00:00:1795734046.822343    7247 port.cc:153] oneDNN custom operations are on. You may see",
+        "data /x: train 10; 8 classes",
+        "error (rank 1): /data/x.png: corrupt image",
+        "Traceback (most recent call last):",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+    ])
+    assert out.reason() == "rank 1: /data/x.png: corrupt image"
+    assert echo == "data /x: train 10; 8 classes\n"
+
+
+def test_a_killed_rank_is_named_with_its_signal():
+    out, _ = feed(["[0]:", "  time      : 2026-11-26_23:10:01", "  host      : box",
+                   "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 4242)"])
+    assert out.reason() == "rank 1 was killed by SIGKILL"
+
+
+def test_a_crash_reports_its_exception_line():
+    out, _ = feed(["Traceback (most recent call last):", '  File "x.py", line 1', "RuntimeError: boom"])
+    assert out.reason() == "RuntimeError: boom"

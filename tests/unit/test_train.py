@@ -1,0 +1,149 @@
+"""Training pieces a user relies on: checkpoints that survive crashes, exact metrics, schedules, precision."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from kubefusion import config as cfg
+from kubefusion.errors import ArtifactError
+from kubefusion.model import build_model
+from kubefusion.train import checkpoint as ckpt
+from kubefusion.train.evaluate import SplitStats
+from kubefusion.train.loop import masked_cross_entropy, precision_setup
+from kubefusion.train.optim import build_optimizer, freeze_backbones, warmup_cosine
+from kubefusion.train.results import render_markdown, summarize
+
+
+def payload(step):
+    return {"model": {"w": torch.full((2,), float(step))}, "optimizer": {}, "scaler": {}, "scheduler": {},
+            "step": step, "epoch": 0, "batch_in_epoch": step, "config": {"kind": "x"}, "model_info": {}}
+
+
+def test_checkpoints_keep_the_newest_and_leave_no_temporary_files(tmp_path):
+    for step in (5, 10, 15, 20):
+        ckpt.save_checkpoint(tmp_path, payload(step), keep=3)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "step-000000020.pt", "step-000000015.pt", "step-000000010.pt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    state, path = ckpt.load_latest_checkpoint(tmp_path)
+    assert state["step"] == 20 and path.name == "step-000000020.pt"
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
+    for step in (10, 20):
+        ckpt.save_checkpoint(tmp_path, payload(step), keep=3)
+    newest = ckpt.checkpoint_path(tmp_path, 20)
+    newest.write_bytes(newest.read_bytes()[:100])  # a disk that lost the tail
+    with caplog.at_level(logging.WARNING):
+        state, path = ckpt.load_latest_checkpoint(tmp_path)
+    assert state["step"] == 10
+    assert str(newest) in caplog.text
+
+
+def test_no_checkpoint_means_a_fresh_start_and_a_missing_model_is_named(tmp_path):
+    assert ckpt.load_latest_checkpoint(tmp_path / "none") is None
+    with pytest.raises(ArtifactError, match="no model.pt"):
+        ckpt.read_model_file(tmp_path)
+
+
+def test_split_metrics_match_scikit_learn_and_ignore_padding():
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 6, 300))
+    logits = torch.from_numpy(rng.normal(size=(300, 6))).float()
+    logits[torch.arange(300), labels] += 1.0
+    stats = SplitStats.empty(6)
+    stats.add(logits[:150], labels[:150])
+    stats.add(logits[150:], labels[150:])
+    s = stats.summary()
+    predictions = logits.argmax(1).numpy()
+    assert s["samples"] == 300
+    assert s["top1"] == pytest.approx((predictions == labels.numpy()).mean())
+    assert s["macro_f1"] == pytest.approx(f1_score(labels.numpy(), predictions, average="macro"))
+    top5 = (logits.topk(5, 1).indices == labels[:, None]).any(1).float().mean()
+    assert s["top5"] == pytest.approx(float(top5))
+    assert SplitStats.empty(3).summary()["top1"] is None
+    few = SplitStats.empty(3)
+    few.add(logits[:10, :3], labels[:10] % 3)
+    assert few.summary()["top5"] is None  # below 5 classes top-5 means nothing
+
+
+def test_padding_rows_do_not_change_the_loss():
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, -1])
+    valid = torch.tensor([True, True, True, False])
+    assert masked_cross_entropy(logits, labels, valid) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits[:3], labels[:3])))
+
+
+def test_warmup_then_cosine_to_zero():
+    factor = warmup_cosine(100, 0.1)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5, abs=0.01)
+    assert factor(100) == pytest.approx(0.0, abs=1e-9)
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 100))
+
+
+def small_model(spec=None):
+    spec = spec or cfg.demo().model
+    return build_model(spec, num_classes=3, num_numeric_features=4)
+
+
+def test_pretrained_encoders_train_slower_and_frozen_ones_not_at_all():
+    spec = cfg.demo().model
+    spec.text.pretrained = True
+    spec.text.backbone = "builtin:minilm"
+    spec.vision.freeze = True
+    model = small_model(spec)
+    freeze_backbones(model, spec)
+    training = cfg.TrainingConfig(learning_rate=1e-3, encoder_lr_multiplier=0.1)
+    optimizer = build_optimizer(model, spec, training)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    text_param = next(model.encoders["text"].backbone.parameters())
+    assert lr_of[id(text_param)] == pytest.approx(1e-4)
+    assert lr_of[id(model.head[1].weight)] == pytest.approx(1e-3)
+    assert not any(id(p) in lr_of for p in model.encoders["image"].backbone.parameters())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_step_on_cpu(precision):
+    torch.manual_seed(0)
+    model = small_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    autocast, scaler = precision_setup(precision, torch.device("cpu"))
+    x = {"pixel_values": torch.randn(4, 3, 32, 32), "input_ids": torch.randint(0, 30522, (4, 8)),
+         "attention_mask": torch.ones(4, 8, dtype=torch.long), "numeric": torch.randn(4, 4),
+         "modality_mask": torch.ones(4, 3, dtype=torch.bool)}
+    with autocast():
+        logits = model(**x)
+    assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float16)
+    loss = masked_cross_entropy(logits, torch.tensor([0, 1, 2, 0]), torch.ones(4, dtype=torch.bool))
+    assert torch.isfinite(loss)
+    scaler.scale(loss).backward()
+    assert scaler.is_enabled() == (precision == "fp16")
+    before = model.head[1].weight.detach().clone()
+    scaler.step(optimizer)
+    scaler.update()
+    assert not torch.equal(before, model.head[1].weight)
+    if precision == "fp16":
+        assert scaler.get_scale() > 1.0  # the loss really was scaled
+
+
+def test_results_table_answers_whether_fusion_helps():
+    results = {"job": "demo", "fusion_type": "gated",
+               "fused": {"validation": {"top1": 0.95}, "test": {"top1": 0.96, "top5": 1.0, "macro_f1": 0.96,
+                                                                   "loss": 0.2}, "ood": {"top1": 0.9}},
+               "ablation": {"without_image": {"test": {"top1": 0.48}}},
+               "baselines": {m: {"test": {"top1": t}, "ood": {"top1": t - 0.01}}
+                             for m, t in (("image", 0.24), ("text", 0.25), ("numeric", 0.245))},
+               "best_achievable": {"top1": 0.97375}}
+    results["summary"] = summarize(results)
+    assert results["summary"]["best_single_modality_test"] == "text"
+    assert results["summary"]["fusion_gain_test_points"] == pytest.approx(71.0)
+    assert results["summary"]["gap_to_best_achievable_test_points"] == pytest.approx(1.38)
+    table = render_markdown(results)
+    assert "| **fused** (gated" in table and "| 96.00 |" in table
+    assert "image masked" in table and "text only" in table and "97.38" in table
+    assert "+71.00 points" in table
