@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 import urllib.request
 
@@ -144,6 +145,38 @@ def test_from_environment_uses_operator_labels_and_local_rank_port(monkeypatch):
 def test_gpu_memory_is_a_no_op_without_cuda():
     metrics = TrainerMetrics("ns", "job", 0, None)
     metrics.observe_gpu_memory()
+    metrics.observe_step(1.0, 0.0, 8, 1.0, 0.1, 0, 1)
     assert metrics.registry.get_sample_value(
         "kubefusion_trainer_gpu_memory_bytes",
         {"namespace": "ns", "job_name": "job", "rank": "0", "kind": "allocated"}) is None
+
+
+class FakeCuda:
+    """torch.cuda as a rank on GPU 1 sees it (allocated 3 GiB, reserved 4 GiB)."""
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return True
+
+    @staticmethod
+    def current_device() -> int:
+        return 1
+
+    @staticmethod
+    def memory_allocated(device: int) -> int:
+        return 3 << 30 if device == 1 else 0
+
+    @staticmethod
+    def memory_reserved(device: int) -> int:
+        return 4 << 30 if device == 1 else 0
+
+
+def test_every_step_records_the_current_devices_cuda_memory(monkeypatch):
+    import types
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=FakeCuda))
+    metrics = TrainerMetrics("ns", "job", 0, None)
+    metrics.observe_step(1.0, 0.0, 8, 1.0, 0.1, 0, 1)
+    labels = {"namespace": "ns", "job_name": "job", "rank": "0"}
+    get = metrics.registry.get_sample_value
+    assert get("kubefusion_trainer_gpu_memory_bytes", {**labels, "kind": "allocated"}) == 3 << 30
+    assert get("kubefusion_trainer_gpu_memory_bytes", {**labels, "kind": "reserved"}) == 4 << 30

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -137,6 +138,7 @@ class TrainerMetrics:
         self._step.set(step)
         if accuracy is not None:
             self._accuracy.labels(*self._values, "train").set(accuracy)
+        self.observe_gpu_memory()
         self._last_step.set(time.time())
 
     def observe_eval(self, split: str, accuracy: float, loss: float) -> None:
@@ -147,12 +149,13 @@ class TrainerMetrics:
         self._eval_loss.labels(*self._values, split).set(loss)
 
     def observe_gpu_memory(self) -> None:
-        """Record CUDA memory of the current device; a no-op without torch or without CUDA."""
-        try:
-            import torch
-        except ImportError:
-            return
-        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        """Record CUDA memory of the current device; a no-op without CUDA in use (``observe_step`` calls it).
+
+        Only a process that has imported torch and initialised CUDA can have GPU memory: this never imports
+        torch nor initialises CUDA itself (that would claim GPU memory on a CPU-only rank).
+        """
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():
             return
         device = torch.cuda.current_device()
         self._gpu_memory.labels(*self._values, "allocated").set(torch.cuda.memory_allocated(device))
