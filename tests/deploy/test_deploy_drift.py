@@ -79,3 +79,34 @@ def test_chart_rbac_is_the_operators_rbac(render):
     assert ours["ClusterRole"]["rules"] == theirs["ClusterRole"]["rules"]
     assert ours["ClusterRoleBinding"]["subjects"] == theirs["ClusterRoleBinding"]["subjects"]
     assert ours["ServiceAccount"]["metadata"]["name"] == theirs["ServiceAccount"]["metadata"]["name"]
+
+
+def test_rules_split_by_scope_for_namespaced_installs():
+    rbac = yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}, "rules": [
+            {"apiGroups": ["kubefusion.io"], "resources": ["multimodaltrainjobs", "multimodaltrainjobs/status"],
+             "verbs": ["get", "patch"]},
+            {"apiGroups": ["", "apiextensions.k8s.io"], "resources": ["namespaces", "configmaps",
+                                                                      "customresourcedefinitions"],
+             "verbs": ["list"]},
+            {"nonResourceURLs": ["/healthz"], "verbs": ["get"]},
+        ]},
+    ])
+    split = sync_deploy.split_rules(rbac)
+    assert len(split["rules"]) == 3
+    assert split["clusterRules"] == [
+        {"apiGroups": ["", "apiextensions.k8s.io"], "resources": ["namespaces", "customresourcedefinitions"],
+         "verbs": ["list"]},
+        {"nonResourceURLs": ["/healthz"], "verbs": ["get"]},
+    ]
+    assert split["namespacedRules"] == [
+        {"apiGroups": ["kubefusion.io"], "resources": ["multimodaltrainjobs", "multimodaltrainjobs/status"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": ["", "apiextensions.k8s.io"], "resources": ["configmaps"], "verbs": ["list"]},
+    ]
+
+
+def test_rbac_without_exactly_one_clusterrole_is_refused():
+    with pytest.raises(ValueError, match="exactly one ClusterRole"):
+        sync_deploy.split_rules("kind: ServiceAccount\nmetadata: {name: sa}\n")
