@@ -236,3 +236,10 @@ def test_ood_scan_uses_the_training_classes(id_dataset):
 def test_class_names_sort_numerically_when_they_are_numbers():
     assert sort_class_names({"10", "2", "1"}) == ["1", "2", "10"]
     assert sort_class_names({"class10", "class2", "b"}) == ["b", "class2", "class10"]
+
+
+def test_a_uri_root_is_read_through_tf_io_gfile(id_dataset):
+    root = id_dataset(5)
+    result = scan(cfg(), f"file://{root}")
+    assert result.report.joined == 5
+    assert result.records[0].image_path == f"file://{root}/images/r000.png"

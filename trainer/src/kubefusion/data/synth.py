@@ -202,12 +202,15 @@ def _write_split(
     from PIL import Image  # noqa: PLC0415
 
     bits, labels = _latents(n, seed, split, label_noise)
-    ids = [f"{prefix}{i:07d}" for i in range(n)]
+
+    def ids(i: int) -> str:
+        return f"{prefix}{i:07d}"
+
     (out / "images").mkdir(parents=True)
     for number, idx in _chunks(np.arange(n)):
         pixels = _images(np.random.default_rng([seed, split, 1, number]), bits[idx, 0], image_size, style)
         for i, image in zip(idx, pixels, strict=True):
-            Image.fromarray(image).save(out / "images" / f"{ids[i]}.png", format="PNG")
+            Image.fromarray(image).save(out / "images" / f"{ids(i)}.png", format="PNG")
         progress.update(len(idx))
     # Each file lists the ids in its own order: a reader that joins by position gets garbage, as it should.
     with open(out / "text.csv", "w", newline="", encoding="utf-8") as fh:
@@ -215,7 +218,7 @@ def _write_split(
         writer.writerow(["id", "text", "label"])
         for number, idx in _chunks(np.random.default_rng([seed, split, 4]).permutation(n)):
             texts = _texts(np.random.default_rng([seed, split, 2, number]), bits[idx, 1], style)
-            writer.writerows([ids[i], text, CLASSES[labels[i]]] for i, text in zip(idx, texts, strict=True))
+            writer.writerows([ids(i), text, CLASSES[labels[i]]] for i, text in zip(idx, texts, strict=True))
             progress.update(len(idx))
     with open(out / "numeric.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -224,7 +227,7 @@ def _write_split(
             values, missing = _numeric(np.random.default_rng([seed, split, 3, number]), bits[idx, 2], style)
             for i, row, gaps in zip(idx, values, missing, strict=True):
                 cells = ["" if gap else f"{v:.6g}" for v, gap in zip(row, gaps, strict=True)]
-                writer.writerow([ids[i], *cells, CLASSES[labels[i]]])
+                writer.writerow([ids(i), *cells, CLASSES[labels[i]]])
             progress.update(len(idx))
 
 
@@ -298,7 +301,8 @@ def synthesize(
                 (tmp / "ood" / "dataset.json").write_text(json.dumps(
                     {**info, "samples": ood_samples, "split": "ood", "ood": None}, indent=2) + "\n")
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")  # written last: marks completion
-        _move_into_place(tmp, out)
+        if _read_info(out) != info:  # else another process completed the same dataset meanwhile: keep theirs
+            _move_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
