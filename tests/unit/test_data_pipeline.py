@@ -139,3 +139,11 @@ def test_decode_image_file_names_a_missing_or_corrupt_file(tmp_path):
 def test_empty_record_list_is_a_clear_error(minilm_tokenizer):
     with pytest.raises(DataError, match="no records"):
         next(torch_batches([], tokenizer=minilm_tokenizer, max_tokens=4, image_size=4, batch_size=2, num_numeric=1))
+
+
+def test_skip_batches_resumes_mid_epoch_at_the_same_batches(encoded):
+    def batches(**kw):
+        return [b["index"].tolist() for b in torch_batches(encoded, image_size=4, batch_size=4, seed=2, epoch=1,
+                                                           rank=1, world_size=2, **kw)]
+
+    assert batches(skip_batches=2) == batches()[2:]

@@ -158,8 +158,11 @@ def build_dataset(
     epoch: int = 0,
     shuffle: bool = True,
     num_numeric: int | None = None,
+    skip_batches: int = 0,
 ) -> Any:
-    """A ``tf.data.Dataset`` of batches (dicts of tensors, keys :data:`BATCH_KEYS`) for one rank and epoch."""
+    """A ``tf.data.Dataset`` of batches (dicts of tensors, keys :data:`BATCH_KEYS`) for one rank and epoch.
+    ``skip_batches`` starts that many batches into the epoch without reading their images (resuming from a
+    mid-epoch checkpoint); the batches after it are the same as without skipping."""
     import tensorflow as tf  # noqa: PLC0415
 
     encoded = _encoded(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)
@@ -167,6 +170,7 @@ def build_dataset(
         raise ValueError(f"batch_size must be > 0 (got {batch_size})")
     rows, valid = epoch_indices(len(encoded), rank=rank, world_size=world_size, seed=seed, epoch=epoch,
                                 shuffle=shuffle)
+    rows, valid = rows[skip_batches * batch_size:], valid[skip_batches * batch_size:]
     tokens = encoded.max_tokens
     width = encoded.numeric.shape[1]
 
