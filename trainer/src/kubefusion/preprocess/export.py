@@ -30,7 +30,7 @@ from kubefusion.errors import ArtifactError
 from kubefusion.preprocess import artifact
 from kubefusion.preprocess.artifact import (INPUT_IMAGE, INPUT_NUMERIC, MANIFEST, ONNX_FILE, OPSET,
                                             OUTPUT_NUMERIC, OUTPUT_PIXELS, SAVED_MODEL_DIR, TOKENIZER_DIR)
-from kubefusion.preprocess.stats import NumericStatistics, compute_numeric_statistics
+from kubefusion.preprocess.stats import compute_numeric_statistics
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,8 @@ def build_artifact(job: JobConfig, root: Path, out: Path, key: str, material: di
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     scanned, train, sizes = training_split(job, root)
-    numeric = np.stack([r.numeric for r in train if r.mask[2]]) if any(r.mask[2] for r in train) else \
-        np.zeros((0, len(scanned.numeric_columns)), np.float32)
+    # Records without a numeric row (missingModality: keep) carry zeros, not values: leave them out.
+    numeric = np.array([r.numeric for r in train if r.mask[2]], np.float32).reshape(-1, len(scanned.numeric_columns))
     stats = compute_numeric_statistics(numeric, scanned.numeric_columns)
     timings["scan_and_statistics"] = time.perf_counter() - t0
 
@@ -330,10 +330,10 @@ def check_parity(saved_model_dir: Path, onnx_path: Path, images: Sequence[np.nda
                  tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
     """Run TensorFlow (the SavedModel) and onnxruntime (the ONNX file) on the same inputs; raise
     :class:`ArtifactError` if any output differs by more than ``tolerance``."""
-    from kubefusion.preprocess.runtime import _onnx_runner, _tf_runner
+    from kubefusion.preprocess.runtime import onnx_runner, tf_runner
 
-    onnx_run = _onnx_runner(onnx_path, threads=None)
-    tf_run = _tf_runner(saved_model_dir)
+    onnx_run = onnx_runner(onnx_path, threads=None)
+    tf_run = tf_runner(saved_model_dir)
     features = numeric_rows.shape[1]
     batches = [(img[None], numeric_rows[i % len(numeric_rows)][None]) for i, img in enumerate(images)]
     # One batch of many rows (with images of one size) exercises the dynamic batch dimension.

@@ -49,9 +49,9 @@ class Preprocessor:
         if content_key and manifest.get("content_key") != content_key:
             raise ArtifactError(f"{artifact_dir}: content key {manifest.get('content_key')} != {content_key}")
         if backend == "onnx":
-            runner = _onnx_runner(artifact_dir / ONNX_FILE, threads)
+            runner = onnx_runner(artifact_dir / ONNX_FILE, threads)
         else:
-            runner = _tf_runner(artifact_dir / SAVED_MODEL_DIR)
+            runner = tf_runner(artifact_dir / SAVED_MODEL_DIR)
         return cls(artifact_dir, manifest, backend, runner)
 
     # ---- manifest views --------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def load_tokenizer_json(folder: Path, info: dict[str, Any], max_tokens: int) -> 
     return tok
 
 
-def _onnx_runner(path: Path, threads: int | None) -> Any:
+def onnx_runner(path: Path, threads: int | None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -142,7 +142,7 @@ def _onnx_runner(path: Path, threads: int | None) -> Any:
     return run
 
 
-def _tf_runner(path: Path) -> Any:
+def tf_runner(path: Path) -> Any:
     import tensorflow as tf
 
     try:
