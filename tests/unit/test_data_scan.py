@@ -243,3 +243,26 @@ def test_a_uri_root_is_read_through_tf_io_gfile(id_dataset):
     result = scan(cfg(), f"file://{root}")
     assert result.report.joined == 5
     assert result.records[0].image_path == f"file://{root}/images/r000.png"
+
+
+def test_an_unreadable_file_is_one_clear_error(id_dataset):
+    root = id_dataset(3)
+    (root / "text.csv").unlink()
+    (root / "text.csv").mkdir()
+    with pytest.raises(DataError, match=r"text\.csv: is a folder, expected a CSV file"):
+        scan(cfg(), root)
+
+
+def test_a_read_failure_becomes_a_data_error_naming_the_file(id_dataset, monkeypatch):
+    import tensorflow as tf
+
+    from kubefusion.data import _gfile
+
+    root = id_dataset(3)
+
+    def refuse(path, mode="rb"):
+        raise tf.errors.PermissionDeniedError(None, None, "access denied by the bucket policy")
+
+    monkeypatch.setattr(_gfile.gfile(), "GFile", refuse)
+    with pytest.raises(DataError, match=r"text\.csv: cannot read: access denied by the bucket policy"):
+        scan(cfg(), root)

@@ -6,10 +6,14 @@ TensorFlow is imported on first use, not at import time: ``kubefusion data valid
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from kubefusion.errors import DataError
 
 
 @functools.cache
@@ -56,3 +60,17 @@ def open_binary(path: str) -> IO[bytes]:
 def read_bytes(path: str) -> bytes:
     with open_binary(path) as fh:
         return fh.read()
+
+
+@contextlib.contextmanager
+def readable(path: str) -> Iterator[None]:
+    """Turn a file system failure while reading ``path`` (permissions, a folder where a file should be, a
+    bucket that is not there) into a one-line :class:`DataError` naming it. Does not import TensorFlow (a
+    caller may have swapped :func:`gfile` for plain local files): TF's errors are recognised by their module."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, OSError) and not type(exc).__module__.startswith("tensorflow"):
+            raise
+        message = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip()
+        raise DataError(f"{path}: cannot read: {message.splitlines()[0]}") from None

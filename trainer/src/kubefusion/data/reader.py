@@ -126,7 +126,7 @@ def _csv_rows(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
     not_utf8: set[int] = set()
 
     def lines() -> Iterator[str]:
-        with _gfile.open_binary(path) as fh:
+        with _gfile.readable(path), _gfile.open_binary(path) as fh:
             for number, raw in enumerate(fh, 1):
                 try:
                     text = raw.decode("utf-8")
@@ -172,6 +172,8 @@ def _header(path: str, rows: Iterator[tuple[int, list[str]]], required: tuple[st
 def _open_csv(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
     if not _gfile.exists(path):
         raise DataError(f"{path}: no such file")
+    if _gfile.isdir(path):
+        raise DataError(f"{path}: is a folder, expected a CSV file")
     return _csv_rows(path, bad)
 
 
@@ -267,7 +269,9 @@ def _read_layout(root: str, tables: _Tables, bad: BadRecords) -> None:
 
 def _read_images(images_dir: str, tables: _Tables, bad: BadRecords) -> None:
     first_file: dict[str, str] = {}
-    for name in sorted(_gfile.listdir(images_dir)):
+    with _gfile.readable(images_dir):
+        names = _gfile.listdir(images_dir)
+    for name in sorted(names):
         name = name.rstrip("/")
         stem, dot, suffix = name.rpartition(".")
         if not dot or "." + suffix.lower() not in IMAGE_EXTENSIONS:
