@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from kubefusion.errors import ArtifactError
 
 pytestmark = pytest.mark.slow
 
-from test_preprocess_export import blocked_import_command  # noqa: E402  (same folder, shared helper)
+sys.path.insert(0, str(Path(__file__).parent))  # the shared helper lives beside this file, whatever the import mode
+from test_preprocess_export import blocked_import_command  # noqa: E402
 
 
 @pytest.fixture(scope="module")
