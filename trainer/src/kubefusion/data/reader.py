@@ -96,21 +96,22 @@ def scan(
     for modality in MODALITIES:
         report.modalities[modality] = len(getattr(tables, modality))
     records, labels = _join(tables, data_cfg.missing_modality, report)
+    if classes is not None:  # before decoding images: the cheap check first
+        known = set(classes)
+        for record in records:
+            if labels[record.id] not in known:
+                _, path, line = tables.labels[record.id]
+                bad("unknown_label", f"{path} line {line}",
+                    f"id {record.id!r} has label {labels[record.id]!r}, not one of {', '.join(classes)}")
+        records = [r for r in records if labels[r.id] in known]
     if verify_images:
-        records, labels = _drop_corrupt_images(records, labels, bad)
+        records = _drop_corrupt_images(records, bad)
     if classes is None:
         classes = sort_class_names({labels[r.id] for r in records})
     index = {name: i for i, name in enumerate(classes)}
-    kept: list[Record] = []
-    for record in records:
-        name = labels[record.id]
-        if name not in index:
-            _, path, line = tables.labels[record.id]
-            bad("unknown_label", f"{path} line {line}",
-                f"id {record.id!r} has label {name!r}, not one of {', '.join(classes)}")
-            continue
-        record.label = index[name]
-        kept.append(record)
+    kept = records
+    for record in kept:
+        record.label = index[labels[record.id]]
     report.joined = len(kept)
     report.complete = sum(all(r.mask) for r in kept)
     report.class_balance = class_balance(kept, list(classes))
@@ -400,16 +401,14 @@ def _join(tables: _Tables, missing_policy: str, report: ScanReport) -> tuple[lis
     return records, labels
 
 
-def _drop_corrupt_images(
-    records: list[Record], labels: dict[str, str], bad: BadRecords
-) -> tuple[list[Record], dict[str, str]]:
+def _drop_corrupt_images(records: list[Record], bad: BadRecords) -> list[Record]:
     with_image = [r for r in records if r.image_path is not None]
     failures = undecodable([r.image_path for r in with_image])  # type: ignore[misc]
     if not failures:
-        return records, labels
+        return records
     corrupt: set[str] = set()
     for position in sorted(failures, key=lambda p: with_image[p].image_path or ""):
         record = with_image[position]
         bad("corrupt_image", str(record.image_path), f"{failures[position]} (id {record.id!r})")
         corrupt.add(record.id)
-    return [r for r in records if r.id not in corrupt], labels
+    return [r for r in records if r.id not in corrupt]
