@@ -160,7 +160,7 @@ def test_manifest_describes_the_artifact(built):
     assert manifest["numeric_columns"] == [f"feature{i}" for i in range(1, 7)]
     assert manifest["image_size"] == IMAGE_SIZE and manifest["max_tokens"] == 24
     assert manifest["tokenizer"]["name"] == "builtin:minilm" and "tokenizer.json" in manifest["tokenizer"]["files"]
-    assert {"tensorflow-cpu", "tf2onnx", "onnx"} <= set(manifest["versions"])
+    assert all(manifest["versions"][name] not in ("", "absent") for name in ("tensorflow", "tf2onnx", "onnx"))
     assert set(manifest["files"]) >= {"preprocess.onnx", "saved_model/saved_model.pb", "tokenizer/tokenizer.json"}
     assert manifest["parity"]["max_abs_diff"]["pixel_values"] <= 1e-4
     assert json.loads((out / "latest.json").read_text())["content_key"] == result.content_key

@@ -39,8 +39,7 @@ PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 4
 """Real images (at their own size, and at the training size) the export compares on."""
 PARITY_NUMERIC_ROWS = 256
-VERSIONED_PACKAGES = ("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "tokenizers",
-                      "transformers")
+VERSIONED_PACKAGES = ("tf2onnx", "onnx", "onnxruntime", "tokenizers", "transformers")
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -78,8 +77,16 @@ def key_material(job: JobConfig, data_root: Path) -> dict[str, Any]:
             "missing_modality": data.missing_modality,
             "manifest": data.manifest,
         },
-        "versions": {"kubefusion": __version__, "opset": OPSET, **artifact.package_versions(VERSIONED_PACKAGES)},
+        "versions": {"opset": OPSET, **versions()},
     }
+
+
+def versions() -> dict[str, str]:
+    """Versions of what shapes the artifact; TensorFlow under one name whichever distribution provides it."""
+    tensorflow = artifact.package_versions(["tensorflow-cpu", "tensorflow"])
+    found = [v for v in tensorflow.values() if v != "absent"]
+    return {"kubefusion": __version__, "tensorflow": found[0] if found else "absent",
+            **artifact.package_versions(VERSIONED_PACKAGES)}
 
 
 def data_root_for(job: JobConfig, artifacts: Path) -> Path:
@@ -198,7 +205,7 @@ def build_artifact(job: JobConfig, root: Path, out: Path, key: str, material: di
         "scan": scanned.report.to_dict(),
         "tokenizer": tokenizer_info,
         "parity": parity,
-        "versions": {"kubefusion": __version__, **artifact.package_versions(VERSIONED_PACKAGES)},
+        "versions": versions(),
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "files": artifact.file_digests(out),
     }
