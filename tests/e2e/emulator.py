@@ -411,6 +411,54 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         self.objects[key].create(updated)
         self._emit(CRDS, 'MODIFIED', self.objects[key].raw, crd)
 
+    # ---------------------------------------------------------------------------------- discovery
+    # kmock's scaffold answers discovery too, but names the core group version "/v1" (kubectl then finds no
+    # built-in resource) and copies short names onto subresources (kubectl warns of ambiguous short names).
+
+    def _group_versions(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for res in self.kinds:
+            if res.group and res.version not in groups.setdefault(res.group, []):
+                groups[res.group].append(res.version)
+        return groups
+
+    async def _serve_api(self, request: Request) -> dict[str, Any]:
+        return {'kind': 'APIVersions', 'versions': ['v1'],
+                'serverAddressByClientCIDRs': [{'clientCIDR': '0.0.0.0/0', 'serverAddress': '127.0.0.1'}]}
+
+    def _group_document(self, group: str, versions: list[str]) -> dict[str, Any]:
+        entries = [{'groupVersion': f'{group}/{v}', 'version': v} for v in versions]
+        return {'name': group, 'versions': entries, 'preferredVersion': entries[0]}
+
+    async def _serve_apis(self, request: Request) -> dict[str, Any]:
+        return {'apiVersion': 'v1', 'kind': 'APIGroupList',
+                'groups': [self._group_document(g, vs) for g, vs in sorted(self._group_versions().items())]}
+
+    async def _serve_group(self, request: Request) -> dict[str, Any]:
+        assert request.resource is not None
+        versions = self._group_versions().get(request.resource.group or '')
+        if not versions:
+            raise api_error(404, 'NotFound', 'the server could not find the requested resource')
+        return {'apiVersion': 'v1', 'kind': 'APIGroup', **self._group_document(request.resource.group or '', versions)}
+
+    async def _serve_version(self, request: Request) -> dict[str, Any]:
+        assert request.resource is not None
+        group, version = request.resource.group or '', request.resource.version
+        kinds = [k for res, k in self.kinds.items() if res.group == group and res.version == version]
+        if not kinds:
+            raise api_error(404, 'NotFound', 'the server could not find the requested resource')
+        verbs = ['create', 'delete', 'get', 'list', 'patch', 'update', 'watch']
+        resources = []
+        for kind in kinds:
+            resources.append({'name': kind.resource.plural, 'singularName': kind.singular or kind.kind.lower(),
+                              'namespaced': kind.namespaced, 'kind': kind.kind, 'verbs': verbs,
+                              'shortNames': list(kind.short_names)})
+            if kind.status_subresource:
+                resources.append({'name': f'{kind.resource.plural}/status', 'singularName': '',
+                                  'namespaced': kind.namespaced, 'kind': kind.kind, 'verbs': ['get', 'patch', 'update']})
+        return {'apiVersion': 'v1', 'kind': 'APIResourceList', 'groupVersion': f'{group}/{version}'.lstrip('/'),
+                'resources': resources}
+
     # ------------------------------------------------------------------------------------ serving
 
     async def _serve_object_request(self, request: Request) -> rendering.Response:
@@ -432,6 +480,8 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         if kind.namespaced and request.name is not None and namespace is None:
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
         method = request.method.upper()
+        if 'protobuf' in request.headers.get('Content-Type', ''):
+            raise api_error(415, 'UnsupportedMediaType', 'the emulator reads JSON request bodies only, not protobuf')
         if method == 'GET' and request.params.get('watch') in ('true', '1'):
             return self._watch(kind, namespace, request)
         if method == 'GET' and request.name is None:
@@ -569,7 +619,10 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
             cells: list[Any] = [obj['metadata']['name']]
             for column in columns:
                 found = jsonpath_values(obj, column['jsonPath'])
-                cells.append(found[0] if found else None)
+                value = found[0] if found else None
+                if column.get('type') == 'date' and isinstance(value, str):
+                    value = _human_age(value)  # as the API server's CRD table convertor does
+                cells.append(value)
             rows.append({'cells': cells, 'object': {'kind': 'PartialObjectMetadata', 'apiVersion': 'meta.k8s.io/v1',
                                                     'metadata': obj['metadata']}})
         return {'kind': 'Table', 'apiVersion': 'meta.k8s.io/v1',
@@ -622,6 +675,19 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
                 self._watchers.discard(queue)
 
         return stream()
+
+
+def _human_age(timestamp: str) -> str:
+    """``5s``, ``3m``, ``2h``, ``4d``: how kubectl shows ages."""
+    try:
+        then = datetime.datetime.strptime(timestamp, '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return timestamp
+    seconds = max(int((datetime.datetime.now(datetime.UTC) - then).total_seconds()), 0)
+    for unit, size in (('d', 86400), ('h', 3600), ('m', 60)):
+        if seconds >= 2 * size:
+            return f'{seconds // size}{unit}'
+    return f'{seconds}s'
 
 
 def _without(obj: dict[str, Any]) -> dict[str, Any]:

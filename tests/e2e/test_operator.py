@@ -5,12 +5,18 @@ A simulated Kubeflow training operator is the test itself: it patches the PyTorc
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from .harness import NAMESPACE, Cluster, OperatorProcess, job_body, wait_for
+from .harness import NAMESPACE, REPO, Cluster, OperatorProcess, job_body, wait_for
+
+KUBECTL = shutil.which('kubectl') or '/usr/bin/kubectl'
 
 
 def children(cluster: Cluster, name: str) -> tuple[dict[str, Any], Any]:
@@ -234,3 +240,51 @@ def test_hundred_jobs_make_exactly_hundred_pytorchjobs(cluster: Cluster, operato
     assert names == [f'job-{i:03d}' for i in range(100)]
     assert len(cluster.configmaps()) == 100
     assert operator.metrics()['kubefusion_operator_children_created_total{kind="PyTorchJob"}'] == 100
+
+
+@pytest.mark.slow
+def test_kubectl_apply_example_yields_an_acceptable_pytorchjob(cluster: Cluster, operator: OperatorProcess,
+                                                               kubeconfig: Path) -> None:
+    def kubectl(*args: str) -> str:
+        done = subprocess.run([KUBECTL, '--kubeconfig', str(kubeconfig), *args], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    cluster.install_kubeflow()
+    example = yaml.safe_load((REPO / 'examples' / 'job.yaml').read_text())
+    assert kubectl('apply', '-f', str(REPO / 'examples' / 'job.yaml'), '--validate=false').strip() == \
+        'multimodaltrainjob.kubefusion.io/products created'
+    pytorchjob = wait_for(lambda: cluster.pytorchjob('products'), what='the PyTorchJob')
+
+    # What Kubeflow's training operator reads: replica specs, the `pytorch` container, nprocPerNode as a string.
+    spec = example['spec']
+    nodes, gpus = spec['resources']['nodes'], spec['resources']['gpusPerNode']
+    replica_specs = pytorchjob['spec']['pytorchReplicaSpecs']
+    assert set(replica_specs) == {'Master', 'Worker'}
+    assert replica_specs['Master']['replicas'] == 1 and replica_specs['Worker']['replicas'] == nodes - 1
+    assert pytorchjob['spec']['nprocPerNode'] == str(gpus)
+    world_size = sum(r['replicas'] for r in replica_specs.values()) * int(pytorchjob['spec']['nprocPerNode'])
+    assert world_size == nodes * gpus == 8
+    for replica in replica_specs.values():
+        pod = replica['template']['spec']
+        trainer = next(c for c in pod['containers'] if c['name'] == 'pytorch')
+        assert trainer['resources']['limits']['nvidia.com/gpu'] == gpus
+        assert trainer['command'][:3] == ['torchrun', '-m', 'kubefusion']
+        assert [c['command'][:2] for c in pod['initContainers']] == [['kubefusion', 'preprocess']]
+        assert pod['initContainers'][0]['image'] == trainer['image'] == spec['image']
+        mounts = {m['mountPath'] for m in trainer['volumeMounts']}
+        assert {'/etc/kubefusion', '/data', '/artifacts', '/checkpoints', '/dev/shm'} <= mounts
+    assert pytorchjob['spec']['runPolicy']['backoffLimit'] == 3
+    assert pytorchjob['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a'
+
+    # Re-applying the unchanged file changes nothing; the job stays Pending until Kubeflow reports.
+    assert 'unchanged' in kubectl('apply', '-f', str(REPO / 'examples' / 'job.yaml'), '--validate=false')
+    cluster.kubeflow_reports('products', 'Created', 'Running', 'Succeeded')
+    cluster.wait_phase('products', 'Succeeded')
+    table = kubectl('get', 'mmtj', '-n', NAMESPACE)
+    header, row = table.splitlines()[:2]
+    assert header.split()[:5] == ['NAME', 'PHASE', 'NODES', 'GPUS/NODE', 'REASON']
+    assert row.split()[:5] == ['products', 'Succeeded', '2', '4', 'PyTorchJobSucceeded']
+    assert header.split()[5] == 'AGE' and row.split()[5].endswith('s')
+    assert len(cluster.pytorchjobs()) == 1
