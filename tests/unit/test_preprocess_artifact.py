@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kubefusion.config import demo
-from kubefusion.errors import ArtifactError, UserError
+from kubefusion.errors import ArtifactError, DataError, UserError
 from kubefusion.preprocess import artifact
 from kubefusion.preprocess.export import key_material, nonstandard_ops
 from kubefusion.preprocess.stats import NumericStatistics, compute_numeric_statistics
@@ -100,9 +100,11 @@ def test_key_follows_preprocessing_and_split_settings_but_not_the_backend(tmp_pa
     assert _key(job, root) == base
 
 
-def test_empty_dataset_folder_is_refused(tmp_path):
+def test_empty_or_missing_dataset_folder_is_refused(tmp_path):
     with pytest.raises(ArtifactError, match="no data files"):
         artifact.data_fingerprint(tmp_path)
+    with pytest.raises(DataError, match="missing: no such dataset folder"):
+        artifact.data_fingerprint(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------------------------- publish / resolve

@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from kubefusion.errors import ArtifactError
+from kubefusion.errors import ArtifactError, DataError
 
 FORMAT_VERSION = 2
 """Bumped whenever the graph or the manifest changes meaning; part of the content key."""
@@ -90,6 +90,9 @@ def data_fingerprint(data_root: Path, *, exclude_dirs: Iterable[str] = ("ood",))
     of them must arrive at the same key. The out-of-distribution folder is left out; it does not change
     the training statistics.
     """
+    if not Path(data_root).is_dir():
+        raise DataError(f"{data_root}: no such dataset folder (spec.data.path; the content key needs a local "
+                        "folder or mounted volume)")
     excluded = set(exclude_dirs)
     digest = hashlib.sha256()
     count = size = 0
