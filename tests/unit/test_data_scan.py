@@ -266,3 +266,17 @@ def test_a_read_failure_becomes_a_data_error_naming_the_file(id_dataset, monkeyp
     monkeypatch.setattr(_gfile.gfile(), "GFile", refuse)
     with pytest.raises(DataError, match=r"text\.csv: cannot read: access denied by the bucket policy"):
         scan(cfg(), root)
+
+
+def test_a_truncated_jpeg_is_a_corrupt_image(id_dataset):
+    import io
+
+    root = id_dataset(4)
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (root / "images" / "r002.png").unlink()
+    (root / "images" / "r002.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    report = scan(cfg(on_bad_record="skip"), root).report
+    assert report.bad["corrupt_image"] == 1 and report.joined == 3
+    assert "r002.jpg: corrupt image: " in report.first_bad["corrupt_image"]
+    assert "{{" not in report.first_bad["corrupt_image"]

@@ -9,6 +9,7 @@ untouched. Output: uint8 [H, W, 3].
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,10 @@ def decode_image_file(path: str | Path, image_size: int) -> np.ndarray:
 
 
 def first_line(message: str) -> str:
-    return (message or "").strip().splitlines()[0] if (message or "").strip() else "unknown error"
+    """A TF error message as one readable line (without the ``{{function_node ...}}`` and ``[Op:...]`` noise)."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message or "").strip()
+    text = text.splitlines()[0] if text else "unknown error"
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip() or "unknown error"
 
 
 def undecodable(paths: list[str]) -> dict[int, str]:
