@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHUNK = 2048
+"""Records generated together (vectorised). Images use fewer per chunk as they grow: see _image_chunk."""
 NUMERIC_COLUMNS = [f"feature{i}" for i in range(1, 7)]
 IMAGE_VALUES = ("horizontal", "vertical")
 TEXT_VALUES = ("sea", "mountain")
@@ -127,9 +128,14 @@ def _latents(n: int, seed: int, split: int, label_noise: float) -> tuple[np.ndar
     return bits, np.where(noisy, random_label, true_label)
 
 
-def _chunks(order: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    for number, start in enumerate(range(0, len(order), CHUNK)):
-        yield number, order[start:start + CHUNK]
+def _chunks(order: np.ndarray, size: int = CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+    for number, start in enumerate(range(0, len(order), size)):
+        yield number, order[start:start + size]
+
+
+def _image_chunk(image_size: int) -> int:
+    """Images per chunk: about 2M pixels (~50 MB of float32 work arrays) whatever the image size."""
+    return max(1, min(CHUNK, (1 << 21) // (image_size * image_size)))
 
 
 def _hsv(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -207,7 +213,7 @@ def _write_split(
         return f"{prefix}{i:07d}"
 
     (out / "images").mkdir(parents=True)
-    for number, idx in _chunks(np.arange(n)):
+    for number, idx in _chunks(np.arange(n), _image_chunk(image_size)):
         pixels = _images(np.random.default_rng([seed, split, 1, number]), bits[idx, 0], image_size, style)
         for i, image in zip(idx, pixels, strict=True):
             Image.fromarray(image).save(out / "images" / f"{ids(i)}.png", format="PNG")
