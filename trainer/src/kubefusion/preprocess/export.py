@@ -188,7 +188,7 @@ def build_artifact(job: JobConfig, root: Path, out: Path, key: str, material: di
         "content_key": key,
         "key_material": material,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "job": {"name": job.name, "namespace": job.namespace},
+        "exported_for_job": {"name": job.name, "namespace": job.namespace},  # the first job with this key
         "opset": OPSET,
         "inputs": io_spec(model.graph.input),
         "outputs": io_spec(model.graph.output),
