@@ -91,10 +91,14 @@ def test_order_is_deterministic_per_seed_and_epoch_and_changes_between_epochs(en
         return [i for b in torch_batches(encoded, image_size=4, batch_size=4, seed=seed, epoch=epoch, rank=rank,
                                          world_size=2) for i in b["index"].tolist()]
 
-    assert order(3, 0) == order(3, 0)
-    assert order(3, 0) != order(3, 1)
-    assert order(3, 0) != order(4, 0)
-    assert order(3, 0, rank=1) == order(3, 0, rank=1) != order(3, 0)
+    first = order(3, 0)
+    assert order(3, 0) == first != order(3, 1)
+
+    def indices(seed, epoch, rank=0):
+        return epoch_indices(23, rank=rank, world_size=2, seed=seed, epoch=epoch, shuffle=True)[0].tolist()
+
+    assert indices(3, 0) == first
+    assert indices(4, 0) != first and indices(3, 0, rank=1) != first
 
 
 def test_missing_modalities_get_placeholders_and_a_false_mask(id_dataset, minilm_tokenizer):
