@@ -103,7 +103,10 @@ def split_rules(rbac_text: str) -> dict[str, list[dict[str, Any]]]:
 
 
 class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (alert expressions, the dashboard JSON) as readable `|` blocks."""
+    """Multi-line strings (alert expressions, the dashboard JSON) as readable `|` blocks; no YAML anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:

@@ -3,6 +3,7 @@ values makes the same objects as `kubectl kustomize manifests/` (modulo the Helm
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -23,8 +24,24 @@ def test_chart_crd_is_the_manifests_crd():
     assert (CHART / "crds" / "multimodaltrainjobs.yaml").read_text() == (ROOT / "manifests" / "crd.yaml").read_text()
 
 
+# Labels that mark which release an object belongs to: Helm's own two, and the instance/version/part-of the
+# chart adds to everything. manifests/ need not carry them (the operator engineers' rbac.yaml does not);
+# every other label, and every selector, must agree.
+RELEASE_LABELS = (*sync_deploy.HELM_ONLY_LABELS, "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                  "app.kubernetes.io/part-of")
+
+
+def without_release_labels(obj: dict[str, Any]) -> dict[str, Any]:
+    obj = copy.deepcopy(obj)
+    for meta in (obj.get("metadata"), obj.get("spec", {}).get("template", {}).get("metadata")):
+        labels = (meta or {}).get("labels") or {}
+        for key in RELEASE_LABELS:
+            labels.pop(key, None)
+    return obj
+
+
 def keyed(objects: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): sync_deploy.strip_helm_labels(o)
+    return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): without_release_labels(o)
             for o in objects}
 
 
