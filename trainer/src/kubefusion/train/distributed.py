@@ -91,3 +91,12 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them before each forward
+    only, so after the last training step every rank holds the statistics of its own last batch; evaluation
+    and the saved model must all use the same ones."""
+    if distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

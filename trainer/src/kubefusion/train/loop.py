@@ -41,7 +41,8 @@ from kubefusion.errors import ArtifactError
 from kubefusion.model import MultimodalClassifier, build_model
 from kubefusion.train import checkpoint as ckpt
 from kubefusion.train.data import TrainingData
-from kubefusion.train.distributed import Runtime, all_reduce_sum, barrier, broadcast_object, distributed
+from kubefusion.train.distributed import (Runtime, all_reduce_sum, barrier, broadcast_object, distributed,
+                                         sync_buffers)
 from kubefusion.train.evaluate import evaluate
 from kubefusion.train.optim import build_optimizer, build_scheduler, freeze_backbones
 
@@ -219,10 +220,12 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
                     writer.add_scalar("train/learning_rate", lr, step)
                 window.zero_()
             if step % training.checkpoint_every_steps == 0 and batch_in_epoch < batches_per_epoch:
+                sync_buffers(model)
                 save(epoch, batch_in_epoch)
 
         # ---- end of epoch: checkpoint, validation ---------------------------------------------------------
         epoch, batch_in_epoch = epoch + 1, 0
+        sync_buffers(model)
         save(epoch, 0)
         if "validation" in data.splits:
             val = evaluate(model, data.batches("validation"), session.prepare, num_classes=len(data.classes),

@@ -1,0 +1,150 @@
+"""Multi-process training as a user runs it: 2 gloo ranks under torchrun on CPU, tiny models.
+
+- DDP keeps every rank's parameters identical, and an odd number of training records (uneven shards) neither
+  hangs nor desynchronises the ranks;
+- a run killed with SIGKILL mid-training resumes from its newest valid checkpoint (skipping a corrupt newest
+  one with a warning naming it) and continues with exactly the losses of an uninterrupted run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubefusion.local import LocalPlan, free_port, torchrun_command
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent
+SAMPLES = 161  # -> 129 training records: odd, so the 2 ranks get uneven shards (one padding record)
+
+
+def tiny_job(data_dir: Path) -> dict:
+    return {
+        "apiVersion": "kubefusion.io/v1alpha1", "kind": "MultimodalTrainJob", "metadata": {"name": "tiny"},
+        "spec": {
+            "data": {"path": str(data_dir), "validationFraction": 0.1, "testFraction": 0.1},
+            "preprocessing": {"imageSize": 32, "tokenizer": "builtin:minilm", "maxTokens": 16},
+            "model": {"vision": {"backbone": "builtin:resnet-tiny", "pretrained": False},
+                      "text": {"backbone": "builtin:bert-tiny", "pretrained": False, "pooling": "mean"},
+                      "numeric": {"hidden": [16]},
+                      "fusion": {"type": "gated", "hidden": 32, "dropout": 0.1, "modalityDropout": 0.2},
+                      "embedDim": 16},
+            "training": {"epochs": 3, "batchSizePerGPU": 8, "learningRate": 1.0e-3, "precision": "fp32",
+                         "checkpointEverySteps": 4, "keepCheckpoints": 3, "baselines": False,
+                         "deterministic": True, "logEverySteps": 2, "collectiveTimeoutSeconds": 60},
+            "resources": {"nodes": 1, "gpusPerNode": 2},
+            "monitoring": {"metricsPort": 0},
+        },
+    }
+
+
+def child_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from kubefusion.config import load_job_file
+    from kubefusion.data.synth import ensure_demo_data
+    from kubefusion.preprocess.export import prepare
+
+    root = tmp_path_factory.mktemp("ddp")
+    data = ensure_demo_data(root / "data", SAMPLES, 0)
+    job_file = root / "job.yaml"
+    job_file.write_text(yaml.safe_dump(tiny_job(data)))
+    prepare(load_job_file(job_file), root / "artifacts", data_root=data)
+    return {"root": root, "job": job_file, "artifacts": root / "artifacts", "data": data}
+
+
+def train_command(setup, output: Path) -> list[str]:
+    plan = LocalPlan(processes=2, device="cpu", backend="gloo", threads_per_process=1)
+    return torchrun_command(plan, job_file=setup["job"], artifacts=setup["artifacts"], output=output,
+                            data=setup["data"], port=free_port())
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """An uninterrupted 2-rank run of the fused model through the real loop, with per-rank parameter digests."""
+    output = setup["root"] / "reference"
+    output.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+               str(HERE / "ddp_param_probe.py"), str(setup["job"]), str(setup["artifacts"]), str(setup["data"]),
+               str(output)]
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return output
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def losses(output: Path) -> dict[int, float]:
+    lines = (output / "logs" / "fused.steps.jsonl").read_text().splitlines()
+    return {entry["step"]: entry["loss"] for entry in map(json.loads, lines)}
+
+
+def test_two_gloo_ranks_keep_identical_parameters_on_uneven_data(reference):
+    ranks = [json.loads((reference / f"params-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["train_records"] % 2 == 1  # uneven shards really happened
+    assert ranks[0]["batches_per_epoch"] == ranks[1]["batches_per_epoch"]
+    assert ranks[0]["sha256"] == ranks[1]["sha256"], (ranks[0]["first"], ranks[1]["first"])
+    steps = losses(reference)
+    assert len(steps) == 3 * ranks[0]["batches_per_epoch"]  # every step of every epoch ran
+
+
+def test_sigkill_mid_training_resumes_from_checkpoint_with_the_same_losses(setup, reference):
+    output = setup["root"] / "killed"
+    checkpoints = output / "checkpoints" / "fused"
+    proc = subprocess.Popen(train_command(setup, output), env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(checkpoints.glob("step-*.pt"))) < 2:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoints appeared"
+            time.sleep(0.05)
+        for pid in reversed(process_tree(proc.pid)):  # what a pod restart does: every process dies at once
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (output / "model.pt").exists(), "killed too late: training had finished"
+    saved = sorted(checkpoints.glob("step-*.pt"))
+    newest, previous = saved[-1], saved[-2]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])  # a write the disk lost
+
+    again = subprocess.run(train_command(setup, output), env=child_env(), capture_output=True, text=True,
+                           timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert f"skipping corrupt checkpoint {newest}" in log
+    assert f"resuming from {previous}" in log
+
+    expected, resumed = losses(reference), losses(output)
+    assert sorted(resumed) == sorted(expected)
+    for step in expected:
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
+    results = json.loads((output / "results.json").read_text())
+    assert results["fused"]["test"]["samples"] == 16 and "ood" in results["fused"]
