@@ -280,3 +280,13 @@ def test_a_truncated_jpeg_is_a_corrupt_image(id_dataset):
     assert report.bad["corrupt_image"] == 1 and report.joined == 3
     assert "r002.jpg: corrupt image: " in report.first_bad["corrupt_image"]
     assert "{{" not in report.first_bad["corrupt_image"]
+
+
+def test_windows_line_endings_a_byte_order_mark_and_quoted_newlines_are_read(id_dataset):
+    root = id_dataset(3)
+    table = rows(root / "text.csv")
+    table[1][1] = "two\nlines"
+    body = "\r\n".join(",".join(f'"{c}"' for c in row) for row in table) + "\r\n"
+    (root / "text.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    texts = {r.id: r.text for r in scan(cfg(), root).records}
+    assert texts[table[1][0]] == "two\nlines" and len(texts) == 3
