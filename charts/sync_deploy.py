@@ -122,13 +122,19 @@ def dump(objects: list[dict[str, Any]], source: str) -> str:
     return GENERATED.format(source=source) + body
 
 
+def source(path: Path) -> str:
+    if not path.is_file():
+        raise ValueError(f"{path.relative_to(ROOT)} is missing: it is a source of the chart and of manifests/")
+    return path.read_text()
+
+
 def copies() -> dict[Path, str]:
     """The chart's copies of the single sources, and the content each must have."""
-    rules = split_rules((MANIFESTS / "rbac.yaml").read_text())
+    rules = split_rules(source(MANIFESTS / "rbac.yaml"))
     return {
-        CHART / "crds" / "multimodaltrainjobs.yaml": (MANIFESTS / "crd.yaml").read_text(),
-        CHART / "files" / "alerts.yaml": (ROOT / "monitoring" / "alerts.yaml").read_text(),
-        CHART / "files" / "dashboard.json": (ROOT / "monitoring" / "dashboard.json").read_text(),
+        CHART / "crds" / "multimodaltrainjobs.yaml": source(MANIFESTS / "crd.yaml"),
+        CHART / "files" / "alerts.yaml": source(ROOT / "monitoring" / "alerts.yaml"),
+        CHART / "files" / "dashboard.json": source(ROOT / "monitoring" / "dashboard.json"),
         CHART / "files" / "operator-rules.yaml": GENERATED.format(source="manifests/rbac.yaml (the ClusterRole)")
         + yaml.dump(rules, Dumper=_BlockDumper, sort_keys=False),
     }
