@@ -349,3 +349,16 @@ PROMETHEUS_OPERATOR_SCHEMAS = {
                                        "expr": {"type": "string", "minLength": 1}, "for": _DURATION,
                                        "labels": _STRING_MAP, "annotations": _STRING_MAP}}}}}}}}),
 }
+
+
+def test_operator_accepts_the_arguments_the_chart_passes(render):
+    """The Deployment's args parse with the real `kubefusion-operator` parser (the image's entry point)."""
+    from kubefusion_operator.__main__ import build_parser
+
+    (container,) = one(render("--set", "operator.watchNamespaces={team-a,team-b}", "--set", "operator.verbose=true"),
+                       "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert args.namespaces == ["team-a", "team-b"]
+    assert args.liveness == "http://0.0.0.0:8081/healthz" and args.metrics_port == 8080 and args.verbose
+    (default,) = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert build_parser().parse_args(default["args"]).namespaces is None  # all namespaces
