@@ -11,8 +11,8 @@ FROM python:3.11.14-slim-trixie AS python-base
 # runtime base matches it so the driver-compat setup and NVIDIA_* variables fit the libraries torch loads.
 FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04 AS cuda-base
 
-# A static uv: it installs a standalone CPython 3.11 (the version the stack is pinned and tested on) into
-# the Ubuntu 24.04 CUDA base, whose own Python is 3.12.
+# A static uv: it installs a standalone CPython 3.11.14 (the operator image's Python; the stack is pinned
+# and tested on 3.11) into the Ubuntu 24.04 CUDA base, whose own Python is 3.12.
 FROM ghcr.io/astral-sh/uv:0.13.8 AS uv
 
 # ------------------------------------------------------------------------------------------ operator
@@ -50,8 +50,8 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1
-RUN uv python install 3.11 \
-    && uv venv --python 3.11 /opt/venv
+RUN uv python install 3.11.14 \
+    && uv venv --python 3.11.14 /opt/venv
 # torch first, from PyTorch's CUDA 13.0 index: requirements/trainer.txt pins torch==2.13.0, which
 # 2.13.0+cu130 satisfies, so the second step keeps the CUDA build (the dev machines use the CPU wheel).
 # tensorflow-cpu (from the requirements) never claims GPU memory: the GPUs belong to PyTorch.

@@ -109,7 +109,8 @@ def test_trainer_image_has_cuda_torch_at_the_pinned_version_and_cpu_tensorflow()
     assert "-r /src/requirements/trainer.txt" in build
     assert requirement_pin("trainer.txt", "tensorflow-cpu")
     assert "tensorflow==" not in (ROOT / "requirements" / "trainer.txt").read_text()
-    assert "uv python install 3.11" in build, "the trainer runs the Python the stack is pinned and tested on"
+    operator_python = re.match(r"python:(3\.11\.\d+)-", base("python-base")).group(1)
+    assert f"uv python install {operator_python}" in build, "both images run the same Python 3.11"
 
 
 def test_dockerignore_keeps_the_context_to_requirements_and_packages():
