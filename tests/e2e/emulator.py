@@ -28,6 +28,8 @@ What a real API server does and kmock as shipped does not, and which this class 
 - Watches: without ``resourceVersion`` (or with ``0``) the existing objects come as ``ADDED`` first;
   with one, only events newer than it; ``timeoutSeconds`` ends the stream; selectors apply, and an object
   that stops (starts) matching is sent as ``DELETED`` (``ADDED``).
+- RBAC, when ``emulator.roles`` binds a token to ClusterRole rules: requests outside them are 403 Forbidden,
+  and which rule allowed what is recorded (to check that a ClusterRole is both sufficient and minimal).
 - Deletion: finalizers hold an object with ``deletionTimestamp`` until they are removed; the garbage
   collector removes dependents whose every owner (``ownerReferences[].uid``) is gone, unless
   ``propagationPolicy=Orphan``.
@@ -37,7 +39,7 @@ What a real API server does and kmock as shipped does not, and which this class 
 
 Not emulated: server-side apply (415), admission/OpenAPI validation and defaulting, field managers,
 ``limit``/``continue`` paging (everything comes in one page), foreground deletion (treated as background),
-watch bookmarks, authentication and authorization.
+watch bookmarks, authentication, RBAC beyond ClusterRole rules (no Roles, resourceNames, nonResourceURLs).
 
 :class:`EmulatorThread` runs the emulator on 127.0.0.1 on a free port in a background thread with its own
 event loop, so that tests can drive it with the synchronous Python client and subprocesses.
@@ -214,6 +216,12 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
     """Every change as a watch event, with ``rv``, ``resource`` and the previous state (``old``)."""
     _watchers: set[asyncio.Queue[dict[str, Any]]] = attrs.field(factory=set, init=False)
     _own_reactions: int = attrs.field(default=0, init=False)
+    roles: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    """RBAC: bearer token -> ClusterRole rules. Tokens not listed are cluster admins (as the tests' own client)."""
+    authorized: list[tuple[str, int, str, str]] = attrs.field(factory=list, init=False)
+    """(token, rule index, verb, group/resource) of every request a rule allowed."""
+    denied: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
+    """(token, verb, group/resource) of every request RBAC refused (403)."""
 
     def __attrs_post_init__(self) -> None:
         # kmock's scaffold serves discovery and unknown endpoints; its emulator's naive CRUD fallbacks
@@ -466,9 +474,33 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         result = await self._dispatch(request)
         return result if isinstance(result, rendering.Response) else rendering.Response(status=200, payload=result)
 
+    def _authorize(self, request: Request) -> None:
+        """Enforce the ClusterRole rules bound to the request's bearer token, as the RBAC authorizer does."""
+        token = _header(request, 'Authorization').removeprefix('Bearer ').strip()
+        rules = self.roles.get(token)
+        if rules is None:
+            return
+        assert request.resource is not None
+        method = request.method.upper()
+        verb = ('watch' if method == 'GET' and request.params.get('watch') in ('true', '1') else
+                {'GET': 'get' if request.name else 'list', 'POST': 'create', 'PUT': 'update', 'PATCH': 'patch',
+                 'DELETE': 'delete' if request.name else 'deletecollection'}.get(method, method.lower()))
+        group = request.resource.group or ''
+        plural = f'{request.resource.plural}/{request.subresource}' if request.subresource else request.resource.plural
+        for index, rule in enumerate(rules):
+            if (set(rule.get('apiGroups', [])) & {group, '*'} and set(rule.get('resources', [])) & {plural, '*'}
+                    and set(rule.get('verbs', [])) & {verb, '*'}):
+                self.authorized.append((token, index, verb, f'{group}/{plural}'))
+                return
+        self.denied.append((token, verb, f'{group}/{plural}'))
+        where = f' in the namespace "{request.namespace}"' if request.namespace else ' at the cluster scope'
+        raise api_error(403, 'Forbidden', f'{plural}{"." + group if group else ""} is forbidden: User "{token}" cannot '
+                        f'{verb} resource "{plural}" in API group "{group}"{where}')
+
     async def _dispatch(self, request: Request) -> Any:
         res = request.resource
         assert res is not None
+        self._authorize(request)
         kind = self.kinds.get(resource(res.group, res.version, res.plural))
         if kind is None:
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
@@ -480,7 +512,7 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         if kind.namespaced and request.name is not None and namespace is None:
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
         method = request.method.upper()
-        if 'protobuf' in request.headers.get('Content-Type', ''):
+        if 'protobuf' in _header(request, 'Content-Type'):
             raise api_error(415, 'UnsupportedMediaType', 'the emulator reads JSON request bodies only, not protobuf')
         if method == 'GET' and request.params.get('watch') in ('true', '1'):
             return self._watch(kind, namespace, request)
@@ -563,7 +595,7 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         return self._replace(kind.resource, namespace, obj, body, subresource=request.subresource)
 
     def _patch(self, kind: Kind, namespace: str | None, obj: dict[str, Any], request: Request) -> dict[str, Any]:
-        content_type = request.headers.get('Content-Type', '').split(';')[0].strip()
+        content_type = _header(request, 'Content-Type').split(';')[0].strip()
         patch = request.data
         if content_type == 'application/json-patch+json':
             if not isinstance(patch, list):
@@ -604,7 +636,7 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         items = sorted((obj for _, ns, obj in self._live(kind.resource)
                         if (namespace is None or ns == namespace) and selected(obj)),
                        key=lambda o: (o['metadata'].get('namespace') or '', o['metadata']['name']))
-        if 'as=Table' in request.headers.get('Accept', '') and kind.custom:
+        if 'as=Table' in _header(request, 'Accept') and kind.custom:
             return self._table(kind, items)
         return {'apiVersion': kind.api_version, 'kind': f'{kind.kind}List',
                 'metadata': {'resourceVersion': str(self.resource_version)}, 'items': items}
@@ -675,6 +707,11 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
                 self._watchers.discard(queue)
 
         return stream()
+
+
+def _header(request: Request, name: str) -> str:
+    """A request header, whatever the case the client spelled it in."""
+    return next((value for key, value in request.headers.items() if key.lower() == name.lower()), '')
 
 
 def _human_age(timestamp: str) -> str:
@@ -752,12 +789,13 @@ class EmulatorThread:
             return fn(self.emulator)
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
 
-    def write_kubeconfig(self, path: Any, namespace: str = 'default') -> Any:
-        """A kubeconfig for kubectl, kopf and the Python client, pointing at this emulator."""
+    def write_kubeconfig(self, path: Any, namespace: str = 'default', token: str = 'emulator') -> Any:
+        """A kubeconfig for kubectl, kopf and the Python client, pointing at this emulator. ``token`` selects
+        the RBAC rules (``emulator.roles``); an unknown one is a cluster admin."""
         path.write_text(json.dumps({
             'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator',
             'clusters': [{'name': 'emulator', 'cluster': {'server': self.url}}],
-            'users': [{'name': 'tester', 'user': {'token': 'emulator'}}],
+            'users': [{'name': 'tester', 'user': {'token': token}}],
             'contexts': [{'name': 'emulator', 'context': {'cluster': 'emulator', 'user': 'tester',
                                                           'namespace': namespace}}],
         }))

@@ -127,6 +127,7 @@ class OperatorProcess:
     """The real ``kubefusion-operator`` console script, against the emulator, as a subprocess."""
 
     def __init__(self, kubeconfig: Path, log: Path) -> None:
+        """``kubeconfig``: the operator's credentials (an RBAC-restricted token, or the admin one)."""
         self.kubeconfig, self.log = kubeconfig, log
         self.metrics_port = free_port()
         self.liveness_port = free_port()

@@ -64,8 +64,9 @@ def _fail(reason: str, error: Exception) -> Exception:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     """All kopf settings in one place, and the metrics endpoint."""
-    # Handler log lines stay logs; Kubernetes Events are only the ones posted on purpose (and warnings).
-    settings.posting.level = logging.WARNING
+    # Handler log lines stay logs; Kubernetes Events are only the ones posted on purpose (kopf.info/warn/event).
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
     settings.posting.reporting_component = api.MANAGER_NAME
     settings.posting.event_name_prefix = "kubefusion-"
     # kopf's bookkeeping lives in annotations under our prefix, not in status (which the CRD schema owns).
@@ -101,22 +102,22 @@ def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
     """The level-based safety net: the same reconciliation, periodically, whatever events were missed."""
     with metrics.reconciling():
         try:
-            _reconcile(_plain(body), retry=0, logger=logger, announce=False)
+            _reconcile(_plain(body), retry=0, logger=logger)
         except (kopf.TemporaryError, kopf.PermanentError) as e:
             logger.info(f"Resync deferred: {e}")  # the change handlers own retries and reporting
 
 
-def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger, announce: bool = True) -> None:
+def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> None:
     meta, spec = job["metadata"], job.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     try:
         problems = validate_spec(spec, name=name)
         if problems:
-            _refuse(job, Reason.INVALID_SPEC, "; ".join(problems), announce=announce)
+            _refuse(job, Reason.INVALID_SPEC, "; ".join(problems))
 
         pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
         if pytorchjob is None and not kube.pytorchjobs_served():
-            _backend_unavailable(job, retry=retry, announce=announce)
+            _backend_unavailable(job, retry=retry)
         if pytorchjob is None and phase_of(job.get("status")) in (Phase.SUCCEEDED, Phase.FAILED):
             # Finished, and the PyTorchJob was removed (ttlSecondsAfterFinished): never train again.
             _write_status(namespace, name, lambda current: _status(current, None))
@@ -128,16 +129,16 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger, annou
             if changed:
                 _refuse(job, Reason.IMMUTABLE_FIELD_CHANGED,
                         f"{', '.join(changed)} cannot change after the job is created; revert the change, or "
-                        f"delete the job and create it again", announce=announce)
+                        f"delete the job and create it again")
 
         created = []
         if _ensure_configmap(job):
             created.append(f"ConfigMap {api.config_map_name(name)}")
-        pytorchjob, made = _ensure_pytorchjob(job, pytorchjob, retry=retry, announce=announce)
+        pytorchjob, made = _ensure_pytorchjob(job, pytorchjob, retry=retry)
         if made:
             created.append(f"{api.PYTORCHJOB_KIND} {name}")
         _write_status(namespace, name, lambda current: _status(current, pytorchjob))
-        if created and announce:
+        if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
     except kube.API_FAILURES as e:
@@ -151,7 +152,7 @@ def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, na
         return None
 
 
-def _refuse(job: dict[str, Any], reason: str, message: str, *, announce: bool) -> None:
+def _refuse(job: dict[str, Any], reason: str, message: str) -> None:
     """Record why the spec cannot be applied (condition SpecValid=False, an Event) and stop retrying."""
     meta = job["metadata"]
     before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.SPEC_VALID) or {}
@@ -168,12 +169,12 @@ def _refuse(job: dict[str, Any], reason: str, message: str, *, announce: bool) -
         return status
 
     _write_status(meta["namespace"], meta["name"], compute)
-    if announce and transition:
+    if transition:
         kopf.warn(job, reason=reason, message=message)
     raise _fail(reason, kopf.PermanentError(f"{reason}: {message}"))
 
 
-def _backend_unavailable(job: dict[str, Any], *, retry: int, announce: bool) -> None:
+def _backend_unavailable(job: dict[str, Any], *, retry: int) -> None:
     meta = job["metadata"]
     transition = not api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE) \
         or api.is_condition_true((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE)
@@ -188,7 +189,7 @@ def _backend_unavailable(job: dict[str, Any], *, retry: int, announce: bool) -> 
         return status
 
     _write_status(meta["namespace"], meta["name"], compute)
-    if announce and transition:
+    if transition:
         kopf.warn(job, reason=Reason.BACKEND_UNAVAILABLE, message=BACKEND_MISSING)
     raise _fail(Reason.BACKEND_UNAVAILABLE,
                 kopf.TemporaryError(BACKEND_MISSING, delay=OPTIONS.backend_retry_delay(retry)))
@@ -248,8 +249,8 @@ def _ensure_configmap(job: dict[str, Any]) -> bool:
     return False
 
 
-def _ensure_pytorchjob(job: dict[str, Any], existing: dict[str, Any] | None, *, retry: int,
-                       announce: bool) -> tuple[dict[str, Any], bool]:
+def _ensure_pytorchjob(job: dict[str, Any], existing: dict[str, Any] | None, *,
+                       retry: int) -> tuple[dict[str, Any], bool]:
     """Create the PyTorchJob, or adopt it and apply changes of the mutable run policy."""
     spec, meta = job.get("spec") or {}, job["metadata"]
     applied = json.dumps(spec, sort_keys=True)
@@ -262,7 +263,7 @@ def _ensure_pytorchjob(job: dict[str, Any], existing: dict[str, Any] | None, *, 
             return created, True
         except ApiException as e:
             if e.status == 404:  # the CRD went away between the read and the create
-                _backend_unavailable(job, retry=retry, announce=announce)
+                _backend_unavailable(job, retry=retry)
             if e.status != 409:
                 raise
             existing = kube.get_pytorchjob(meta["namespace"], meta["name"])
