@@ -151,3 +151,13 @@ def test_skip_batches_resumes_mid_epoch_at_the_same_batches(encoded):
                                                            rank=1, world_size=2, **kw)]
 
     assert batches(skip_batches=2) == batches()[2:]
+
+
+def test_ranks_on_one_node_share_the_cpus(monkeypatch):
+    from kubefusion.data.pipeline import default_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_threads() == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert default_threads() is None  # one process: TensorFlow's own pool

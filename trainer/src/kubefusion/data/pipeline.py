@@ -35,6 +35,7 @@ the pre-tokenized arrays. Batches reach torch through ``torch.from_numpy`` on th
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,10 +160,14 @@ def build_dataset(
     shuffle: bool = True,
     num_numeric: int | None = None,
     skip_batches: int = 0,
+    threads: int | None = None,
 ) -> Any:
     """A ``tf.data.Dataset`` of batches (dicts of tensors, keys :data:`BATCH_KEYS`) for one rank and epoch.
     ``skip_batches`` starts that many batches into the epoch without reading their images (resuming from a
-    mid-epoch checkpoint); the batches after it are the same as without skipping."""
+    mid-epoch checkpoint); the batches after it are the same as without skipping. ``threads``: a private thread
+    pool of that size for this pipeline. By default TensorFlow's shared pool is used, except under torchrun with
+    several ranks on a node (``LOCAL_WORLD_SIZE`` > 1): then each rank gets the node's CPUs divided by the ranks
+    (at least 2), so the ranks share the cores instead of each starting a pool as large as the node."""
     import tensorflow as tf  # noqa: PLC0415
 
     encoded = _encoded(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)
@@ -207,7 +212,28 @@ def build_dataset(
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size)
     ds = ds.map(columns, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    threads = threads or default_threads()
+    if threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        ds = ds.with_options(options)
+    return ds
+
+
+def default_threads() -> int | None:
+    """The CPUs of this node shared out among its ranks (``LOCAL_WORLD_SIZE``), or None for one process."""
+    try:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        local_ranks = 1
+    if local_ranks <= 1:
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(2, cpus // local_ranks)
 
 
 def torch_batches(records: Sequence[Record] | EncodedRecords, **options: Any) -> Iterator[dict[str, Any]]:
