@@ -362,3 +362,17 @@ def test_operator_accepts_the_arguments_the_chart_passes(render):
     assert args.liveness == "http://0.0.0.0:8081/healthz" and args.metrics_port == 8080 and args.verbose
     (default,) = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert build_parser().parse_args(default["args"]).namespaces is None  # all namespaces
+
+
+def test_another_release_name_prefixes_objects_but_keeps_the_scrape_job_names(helm):
+    done = run([helm, "template", "ml", str(CHART), "-n", "ml-platform", "--set", "monitoring.enabled=true"])
+    assert done.returncode == 0, done.stderr
+    objects = [o for o in yaml.safe_load_all(done.stdout) if o]
+    assert one(objects, "Deployment")["metadata"]["name"] == "ml-kubefusion-operator"
+    assert one(objects, "ClusterRoleBinding")["subjects"][0] == {
+        "kind": "ServiceAccount", "name": "ml-kubefusion-operator", "namespace": "ml-platform"}
+    # The alerts and the dashboard select these job names, whatever the release is called.
+    jobs = {r["replacement"] for kind in ("ServiceMonitor", "PodMonitor")
+            for e in (one(objects, kind)["spec"].get("endpoints") or one(objects, kind)["spec"]["podMetricsEndpoints"])
+            for r in e["relabelings"] if r["targetLabel"] == "job"}
+    assert jobs == {"kubefusion-operator", "kubefusion-trainer"}
