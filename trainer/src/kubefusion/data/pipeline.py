@@ -167,7 +167,7 @@ def build_dataset(
     mid-epoch checkpoint); the batches after it are the same as without skipping. ``threads``: a private thread
     pool of that size for this pipeline. By default TensorFlow's shared pool is used, except under torchrun with
     several ranks on a node (``LOCAL_WORLD_SIZE`` > 1): then each rank gets the node's CPUs divided by the ranks
-    (at least 2), so the ranks share the cores instead of each starting a pool as large as the node."""
+    (at least 4), so the ranks share the cores instead of each starting a pool as large as the node."""
     import tensorflow as tf  # noqa: PLC0415
 
     encoded = _encoded(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)
@@ -233,7 +233,7 @@ def default_threads() -> int | None:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(2, cpus // local_ranks)
+    return max(4, cpus // local_ranks)  # at least 4: reads block on I/O, not only on CPU
 
 
 def torch_batches(records: Sequence[Record] | EncodedRecords, **options: Any) -> Iterator[dict[str, Any]]:
