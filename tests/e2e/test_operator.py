@@ -27,7 +27,8 @@ def children(cluster: Cluster, name: str) -> tuple[dict[str, Any], Any]:
 
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(c for c in job['status'].get('conditions', []) if c['type'] == type_)
+    """The condition of that type, or {} while there is none."""
+    return next((c for c in (job.get('status') or {}).get('conditions', []) if c['type'] == type_), {})
 
 
 @pytest.mark.slow
@@ -186,13 +187,13 @@ def test_immutable_change_is_refused_and_reverting_clears_it(cluster: Cluster, o
     cluster.create_job(job_body('fixed'))
     children(cluster, 'fixed')
     cluster.patch_job('fixed', {'spec': {'resources': {'nodes': 3}}})
-    refused = wait_for(lambda: (c := condition(cluster.job('fixed'), 'SpecValid'))['status'] == 'False' and c,
+    refused = wait_for(lambda: (c := condition(cluster.job('fixed'), 'SpecValid')).get('status') == 'False' and c,
                        what='ImmutableFieldChanged')
     assert refused['reason'] == 'ImmutableFieldChanged' and 'spec.resources.nodes' in refused['message']
     assert sum(r['replicas'] for r in cluster.pytorchjob('fixed')['spec']['pytorchReplicaSpecs'].values()) == 2
     wait_for(lambda: any(e.reason == 'ImmutableFieldChanged' for e in cluster.events('fixed')), what='event')
     cluster.patch_job('fixed', {'spec': {'resources': {'nodes': 2}}})
-    wait_for(lambda: condition(cluster.job('fixed'), 'SpecValid')['status'] == 'True', what='SpecValid=True')
+    wait_for(lambda: condition(cluster.job('fixed'), 'SpecValid').get('status') == 'True', what='SpecValid=True')
 
 
 @pytest.mark.slow
@@ -288,3 +289,20 @@ def test_kubectl_apply_example_yields_an_acceptable_pytorchjob(cluster: Cluster,
     assert row.split()[:5] == ['products', 'Succeeded', '2', '4', 'PyTorchJobSucceeded']
     assert header.split()[5] == 'AGE' and row.split()[5].endswith('s')
     assert len(cluster.pytorchjobs()) == 1
+
+
+@pytest.mark.slow
+def test_a_child_the_api_refuses_is_reported_not_retried_forever(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.install_kubeflow()
+    emulator = cluster.api.emulator
+    assert emulator is not None
+    refusal = {'apiVersion': 'v1', 'kind': 'Status', 'status': 'Failure', 'code': 422, 'reason': 'Invalid',
+               'message': 'admission webhook "validator.training-operator.kubeflow.org" denied the request: '
+                          'nprocPerNode: Invalid value'}
+    emulator['post', emulator.resource('kubeflow.org', 'v1', 'pytorchjobs')] << 422 << refusal
+    cluster.create_job(job_body('refused'))
+    rejected = wait_for(lambda: (c := condition(cluster.job('refused'), 'SpecValid')).get('status') == 'False' and c,
+                        what='ChildRejected')
+    assert rejected['reason'] == 'ChildRejected' and 'denied the request' in rejected['message']
+    assert cluster.pytorchjobs() == []
+    assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="ApiError422"}'] >= 1

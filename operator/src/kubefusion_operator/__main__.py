@@ -15,8 +15,7 @@ import sys
 from kubefusion_operator.options import ENV_PREFIX, Options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = Options.from_env()
+def build_parser(defaults: Options) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubefusion-operator",
         description="Turn MultimodalTrainJobs into Kubeflow PyTorchJobs and report their state.")
@@ -42,9 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
         options = Options.from_env()
+    except ValueError as e:
+        print(f"kubefusion-operator: {e}", file=sys.stderr)
+        return 2
+    args = build_parser(options).parse_args(argv)
+    try:
         options.metrics_port, options.metrics_address = args.metrics_port, args.metrics_address
         options.backend_retry_seconds, options.resync_seconds = args.backend_retry_seconds, args.resync_seconds
         options.__post_init__()
@@ -57,18 +60,31 @@ def main(argv: list[str] | None = None) -> int:
                                      if n.strip()]
 
     import kopf
+    import kubernetes
 
+    from kubefusion_operator import kube
+
+    try:
+        kube.client()  # the same credentials kopf will find: fail here with one line, not kopf's tracebacks
+    except kubernetes.config.ConfigException as e:
+        print(f"kubefusion-operator: no Kubernetes credentials: not running in a cluster (service account) and no "
+              f"usable kubeconfig ($KUBECONFIG or ~/.kube/config): {e}", file=sys.stderr)
+        return 1
     kopf.configure(verbose=args.verbose, debug=args.debug)
     import kubefusion_operator.handlers  # noqa: F401  (registers the handlers with kopf)
 
-    kopf.run(
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        priority=args.priority,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness or None,
-    )
+    try:
+        kopf.run(
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            priority=args.priority,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=args.liveness or None,
+        )
+    except kopf.LoginError as e:  # credentials that loaded above but were rejected or expired since
+        print(f"kubefusion-operator: Kubernetes login failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -40,6 +40,8 @@ INSTALL_TRAINING_OPERATOR = ('kubectl apply --server-side -k '
 BACKEND_MISSING = (f"{api.PYTORCHJOB_API_VERSION} {api.PYTORCHJOB_KIND} is not served by this cluster: install "
                    f"Kubeflow's training operator ({INSTALL_TRAINING_OPERATOR}); retrying with back-off")
 STATUS_WRITE_ATTEMPTS = 8
+CHILD_REJECTED = "ChildRejected"
+"""SpecValid=False reason: the API refused a child object the spec produced (422 from a webhook or schema)."""
 
 OPTIONS = Options.from_env()
 
@@ -142,7 +144,12 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
     except kube.API_FAILURES as e:
-        raise _fail(kube.error_reason(e), kube.retryable(e, delay=5)) from e
+        outcome = kube.retryable(e, delay=5)
+        if isinstance(outcome, kopf.PermanentError):
+            # The API will never accept what the spec makes (a webhook or schema says no): tell the user.
+            metrics.RECONCILE_ERRORS.labels(reason=kube.error_reason(e)).inc()
+            _refuse(job, CHILD_REJECTED, str(outcome))
+        raise _fail(kube.error_reason(e), outcome) from e
 
 
 def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:

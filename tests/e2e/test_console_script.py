@@ -1,0 +1,61 @@
+"""The ``kubefusion-operator`` console script as a user meets it: help, bad settings, no cluster, a slim import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from .harness import OperatorProcess, wait_for
+
+SCRIPT = str(Path(sys.executable).parent / 'kubefusion-operator')
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=60,
+                          env={'PATH': '/usr/bin:/bin', 'HOME': '/nonexistent', **(env or {})})
+
+
+def test_help_names_the_flags() -> None:
+    done = run('--help')
+    assert done.returncode == 0
+    for flag in ('--namespace', '--liveness', '--metrics-port', '--peering', '--backend-retry-seconds'):
+        assert flag in done.stdout
+
+
+def test_a_bad_setting_is_one_line_not_a_traceback() -> None:
+    done = run(env={'KUBEFUSION_OPERATOR_METRICS_PORT': 'eighty'})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "kubefusion-operator: KUBEFUSION_OPERATOR_METRICS_PORT: not a valid int: 'eighty'"
+
+
+def test_no_cluster_credentials_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    done = run(env={'KUBECONFIG': str(tmp_path / 'missing')})
+    assert done.returncode == 1
+    assert done.stderr.startswith('kubefusion-operator: no Kubernetes credentials') and 'Traceback' not in done.stderr
+
+
+def test_the_operator_imports_neither_torch_nor_tensorflow_nor_the_trainer() -> None:
+    probe = ('import sys, kubefusion_operator.__main__, kubefusion_operator.handlers; '
+             'print(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "tensorflow", "kubefusion"}))')
+    done = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '[]'
+
+
+def test_serves_liveness_and_metrics_and_stops_cleanly_on_sigterm(kubeconfig: Path, tmp_path: Path) -> None:
+    operator = OperatorProcess(kubeconfig, tmp_path / 'operator.log')
+    operator.start()
+    try:
+        assert requests.get(f'http://127.0.0.1:{operator.liveness_port}/healthz', timeout=5).ok
+        metrics = operator.metrics()
+        assert metrics['kubefusion_operator_jobs{phase="Running"}'] == 0
+        assert metrics['kubefusion_operator_reconcile_duration_seconds_count'] == 0
+    finally:
+        process = operator.process
+        operator.stop()
+    assert process is not None
+    wait_for(lambda: process.poll() is not None, what='exit')
+    assert process.returncode == 0, operator.tail()
