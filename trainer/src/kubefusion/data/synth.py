@@ -8,7 +8,7 @@ modality, ``label = 4*image_bit + 2*text_bit + numeric_bit``:
   gradient background instead of a flat one.
 - text bit: the keywords come from one of two disjoint sets (sea / mountain words) inside templated sentences
   with filler. OOD: other templates, filler and adjectives, the same keyword sets.
-- numeric bit: ``feature1 > feature2`` (rising) or ``<`` (falling), with a margin; ``feature3..feature6`` are
+- numeric bit: ``feature1 > feature2`` (rising) or ``<`` (falling), by at least 0.5; ``feature3..feature6`` are
   distractors (with ~2% empty cells = missing values). OOD: every column scaled by 3 and offset by +5
   (the relation holds).
 
