@@ -69,3 +69,17 @@ def test_a_killed_rank_is_named_with_its_signal():
 def test_a_crash_reports_its_exception_line():
     out, _ = feed(["Traceback (most recent call last):", '  File "x.py", line 1', "RuntimeError: boom"])
     assert out.reason() == "RuntimeError: boom"
+
+
+def test_the_demo_example_is_the_demo_preset_and_presets_are_valid():
+    example = cfg.load_job_file(Path(__file__).parents[2] / "examples" / "local-job.yaml")
+    assert example.to_dict() == cfg.demo().to_dict()
+    plan = plan_processes(example.resources, gpus=0, cpus=2)
+    assert plan.processes == 2 and example.training.precision == "fp32"
+    big = cfg.resnet50_bert_base()
+    assert (big.resources.gpus_per_node, big.training.precision) == (4, "bf16")
+    assert big.model.vision.backbone == "microsoft/resnet-50" and big.model.vision.pooling == "attention"
+    assert big.model.text.backbone == "bert-base-uncased"
+    for preset in cfg.PRESETS.values():  # every preset survives its own YAML round trip
+        job = preset()
+        assert cfg.job_from_dict(cfg.job_to_dict(job)).to_dict() == job.to_dict()

@@ -117,10 +117,11 @@ def free_port() -> int:
 
 # ------------------------------------------------------------------------- torchrun's output, filtered
 
-# Native-library chatter (absl/glog lines such as "I0000 00:00:... port.cc:153] oneDNN custom operations are on")
-# says nothing to a user; it stays in the log file only. Errors (E/F) still show.
+# Library chatter (absl/glog lines such as "I0000 00:00:... port.cc:153] oneDNN custom operations are on", TensorFlow's
+# deprecation notices from tf2onnx) says nothing to a user; it stays in the log file only.
 _NOISE = re.compile(r"^(?:[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\] |WARNING: All log messages before absl"
-                    r"|To enable the following instructions|.*oneDNN custom operations)")
+                    r"|To enable the following instructions|.*oneDNN |From /.* is deprecated|Instructions for "
+                    r"updating:|This API was designed for TensorFlow v1|Assets written to: )")
 _WORKER_ERROR = re.compile(r"^error(?: \(rank (\d+)\))?: ")
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*)(?:Error|Exception|Interrupt): ")
 _FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")

@@ -4,7 +4,8 @@ Missing modalities are already replaced by a learned "missing" embedding (see th
 also mask-aware, so it can tell a real embedding from the placeholder:
 
 - :class:`ConcatFusion` (the article's): concatenation of the embeddings and the mask, then an MLP;
-- :class:`GatedFusion`: per-modality projections weighted by softmax gates; absent modalities get no weight;
+- :class:`GatedFusion`: per-modality projections scaled by sigmoid gates (per feature); absent modalities
+  contribute nothing;
 - :class:`AttentionFusion`: a small transformer over one token per modality plus a [FUSE] token; absent
   modalities are padding in the attention.
 """
@@ -31,20 +32,26 @@ class ConcatFusion(nn.Module):
 
 
 class GatedFusion(nn.Module):
+    """Per-modality projections, each scaled by its own sigmoid gate computed from all embeddings and the mask
+    (a gated multimodal unit). Gates do not compete (no softmax across modalities): a modality that learns
+    slowly, such as text from scratch, keeps its gradient instead of being gated out by faster ones."""
+
     def __init__(self, spec: FusionConfig, num_modalities: int, embed_dim: int):
         super().__init__()
         self.project = nn.ModuleList(
             nn.Sequential(nn.Linear(embed_dim, spec.hidden), nn.GELU()) for _ in range(num_modalities))
-        self.gate = nn.Linear(num_modalities * (embed_dim + 1), num_modalities)
-        self.out = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(spec.hidden, spec.hidden), nn.GELU())
+        self.gate = nn.Linear(num_modalities * (embed_dim + 1), num_modalities * spec.hidden)
+        self.out = nn.Sequential(nn.LayerNorm(spec.hidden), nn.Dropout(spec.dropout),
+                                 nn.Linear(spec.hidden, spec.hidden), nn.GELU())
 
     def forward(self, embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        batch, modalities = present.shape
         projected = torch.stack([proj(embeddings[:, i]) for i, proj in enumerate(self.project)], dim=1)
-        logits = self.gate(torch.cat([embeddings.flatten(1), present.to(embeddings.dtype)], dim=1)).float()
-        # A sample with nothing present keeps uniform gates over the placeholders instead of NaNs.
-        usable = present | ~present.any(dim=1, keepdim=True)
-        gates = torch.softmax(logits.masked_fill(~usable, float("-inf")), dim=1).to(projected.dtype)
-        return self.out((gates.unsqueeze(-1) * projected).sum(dim=1))
+        context = torch.cat([embeddings.flatten(1), present.to(embeddings.dtype)], dim=1)
+        gates = torch.sigmoid(self.gate(context)).view(batch, modalities, -1)
+        # An absent modality contributes nothing (its placeholder only informs the gates of the others).
+        gates = gates * present.unsqueeze(-1).to(gates.dtype)
+        return self.out((gates * projected).sum(dim=1))
 
 
 class AttentionFusion(nn.Module):
