@@ -353,7 +353,11 @@ PROMETHEUS_OPERATOR_SCHEMAS = {
 
 def test_operator_accepts_the_arguments_the_chart_passes(render):
     """The Deployment's args parse with the real `kubefusion-operator` parser (the image's entry point)."""
-    from kubefusion_operator.__main__ import build_parser
+    from kubefusion_operator.__main__ import build_parser as operator_parser
+    from kubefusion_operator.options import Options
+
+    def build_parser():
+        return operator_parser(Options())
 
     (container,) = one(render("--set", "operator.watchNamespaces={team-a,team-b}", "--set", "operator.verbose=true"),
                        "Deployment")["spec"]["template"]["spec"]["containers"]
