@@ -290,3 +290,23 @@ def test_windows_line_endings_a_byte_order_mark_and_quoted_newlines_are_read(id_
     (root / "text.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
     texts = {r.id: r.text for r in scan(cfg(), root).records}
     assert texts[table[1][0]] == "two\nlines" and len(texts) == 3
+
+
+def test_manifest_with_every_bad_kind_counts_under_skip_and_fails_at_the_first(id_dataset):
+    root = id_dataset(10)
+    table = [["id", "image", "text", "feature1", "label"]]
+    table += [[f"r{k:03d}", f"images/r{k:03d}.png", f"record {k}", str(k), f"c{k % 3}"] for k in range(10)]
+    table[2][1] = "images/gone.png"                  # r001 missing file (line 3)
+    table[3] = table[3][:3]                          # r002 unparsable (line 4)
+    table[4][3] = "n/a"                              # r003 non-numeric (line 5)
+    table.append(list(table[5]))                     # r004 duplicate (line 12)
+    table[7][4] = "c7"                               # r006 unknown label (with the training classes)
+    (root / "images" / "r008.png").write_bytes(b"")  # r008 corrupt image
+    write_rows(root / "manifest.csv", table)
+
+    result = scan(cfg(manifest="manifest.csv", on_bad_record="skip"), root, classes=["c0", "c1", "c2"])
+    assert result.report.bad == {"missing_file": 1, "corrupt_image": 1, "unparsable_row": 1, "non_numeric": 1,
+                                 "duplicate_id": 1, "label_conflict": 0, "unknown_label": 1}
+    assert [r.id for r in result.records] == ["r000", "r005", "r007", "r009"]
+    with pytest.raises(DataError, match=r"manifest\.csv line 3: missing file: image .*gone\.png of id 'r001'"):
+        scan(cfg(manifest="manifest.csv"), root, classes=["c0", "c1", "c2"])
