@@ -30,7 +30,18 @@ def _tf() -> Any:
 def decode(contents: Any) -> Any:
     """Encoded bytes (tf.string scalar) -> uint8 [H, W, 3] tensor; raises a TF error on a corrupt file."""
     tf = _tf()
-    return tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+
+    # JPEG with the accurate integer IDCT: TF's default (fast) IDCT differs from libjpeg's standard one by up
+    # to 18 grey levels, so PIL-based serving (`kubefusion predict`) would see other pixels than training did.
+    def jpeg() -> Any:
+        return tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE")
+
+    def other() -> Any:
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+        image.set_shape([None, None, 3])
+        return image
+
+    return tf.cond(tf.io.is_jpeg(contents), jpeg, other)
 
 
 def resize(image: Any, image_size: int) -> Any:
