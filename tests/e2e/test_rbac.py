@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import kubernetes_validate
-import pytest
 import yaml
 
 from .harness import REPO, Cluster, OperatorProcess, job_body, wait_for
@@ -35,7 +34,6 @@ def test_rbac_binds_the_operator_service_account() -> None:
         assert 'delete' not in rule['verbs']
 
 
-@pytest.mark.slow
 def test_operator_does_everything_within_its_cluster_role_and_uses_all_of_it(
         cluster: Cluster, tmp_path: Path) -> None:
     emulator = cluster.api.emulator

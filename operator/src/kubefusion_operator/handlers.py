@@ -139,7 +139,7 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         pytorchjob, made = _ensure_pytorchjob(job, pytorchjob, retry=retry)
         if made:
             created.append(f"{api.PYTORCHJOB_KIND} {name}")
-        _write_status(namespace, name, lambda current: _status(current, pytorchjob))
+        _write_status(namespace, name, lambda current: _status(current, pytorchjob, applied=True))
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
@@ -202,15 +202,17 @@ def _backend_unavailable(job: dict[str, Any], *, retry: int) -> None:
                 kopf.TemporaryError(BACKEND_MISSING, delay=OPTIONS.backend_retry_delay(retry)))
 
 
-def _status(current: dict[str, Any], pytorchjob: dict[str, Any] | None) -> dict[str, Any]:
-    """The status for the job as it is now, with the operator's own conditions up to date."""
+def _status(current: dict[str, Any], pytorchjob: dict[str, Any] | None, *, applied: bool = False) -> dict[str, Any]:
+    """The status for the job as it is now. A PyTorchJob proves the backend is there; ``applied`` (the spec
+    was just applied) clears an earlier SpecValid=False, which a mere PyTorchJob event must not."""
     generation = current["metadata"].get("generation") or 1
     status = status_from_pytorchjob(pytorchjob, current.get("status") or {}, generation=generation, now=_now())
-    if pytorchjob is not None:
-        for type_, reason in ((ConditionType.SPEC_VALID, Reason.VALID),
-                              (ConditionType.BACKEND_AVAILABLE, Reason.BACKEND_AVAILABLE)):
-            status["conditions"] = api.set_condition(status.get("conditions"), type_, True, reason, "", _now(),
-                                                     observed_generation=generation)
+    own = [(ConditionType.BACKEND_AVAILABLE, Reason.BACKEND_AVAILABLE)] if pytorchjob is not None else []
+    if applied:
+        own.append((ConditionType.SPEC_VALID, Reason.VALID))
+    for type_, reason in own:
+        status["conditions"] = api.set_condition(status.get("conditions"), type_, True, reason, "", _now(),
+                                                 observed_generation=generation)
     return status
 
 
