@@ -48,13 +48,14 @@ class TrainingData:
 
     def batches(self, split: str, *, epoch: int = 0, skip: int = 0, limit: int | None = None) -> Iterator[dict]:
         """This rank's batches of ``split``; ``train`` is reshuffled per epoch from (seed, epoch), the others
-        are read in order. ``skip`` drops the first batches (resuming mid-epoch at the same position)."""
+        are read in order. ``skip`` starts that many batches into the epoch (resuming mid-epoch at the same
+        position, without reading the skipped images); ``limit`` ends the epoch after that many batches."""
         from kubefusion.data.pipeline import torch_batches
 
         stream = torch_batches(self.splits[split], image_size=self.image_size, batch_size=self.batch_size,
                                rank=self.rank, world_size=self.world_size, seed=self.seed, epoch=epoch,
-                               shuffle=split == "train")
-        return itertools.islice(stream, skip, limit)
+                               shuffle=split == "train", skip_batches=skip)
+        return itertools.islice(stream, None if limit is None else max(0, limit - skip))
 
 
 def load_training_data(job: JobConfig, data_root: Path, *, manifest: dict[str, Any], tokenizer: Any,
