@@ -175,7 +175,7 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
             step_started = time.perf_counter()
             torch.manual_seed(step_seed(training.seed, stage.index, rt.rank, step))
             group = min(training.grad_accumulation, batches_per_epoch - batch_in_epoch)
-            data_wait, step_loss, step_samples = 0.0, 0.0, 0
+            data_wait, step_loss, step_samples, step_correct = 0.0, 0.0, 0, 0
             for micro in range(group):
                 waited = time.perf_counter()
                 inputs = session.prepare(next(stream))
@@ -190,8 +190,9 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
                 step_loss += float(loss.detach())
                 with torch.no_grad():
                     n = int(valid.sum())
-                    step_samples += n
                     correct = int(((logits.argmax(1) == labels) & valid).sum())
+                    step_samples += n
+                    step_correct += correct
                     window += torch.tensor([float(loss.detach()) * group * n, correct, n], dtype=torch.float64)
             if training.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -209,7 +210,8 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
             if session.metrics:
                 session.metrics.observe_step(step_seconds=time.perf_counter() - step_started,
                                              data_wait_seconds=data_wait, samples=step_samples, loss=step_loss,
-                                             learning_rate=lr, epoch=epoch, step=step)
+                                             learning_rate=lr, epoch=epoch, step=step,
+                                             accuracy=step_correct / max(1, step_samples))
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             if step % training.log_every_steps == 0 or batch_in_epoch >= batches_per_epoch:
@@ -219,6 +221,8 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
                     writer.add_scalar("train/accuracy", totals[1] / totals[2], step)
                     writer.add_scalar("train/learning_rate", lr, step)
                 window.zero_()
+                if session.metrics:
+                    session.metrics.observe_gpu_memory()
             if step % training.checkpoint_every_steps == 0 and batch_in_epoch < batches_per_epoch:
                 sync_buffers(model)
                 save(epoch, batch_in_epoch)
