@@ -70,9 +70,15 @@ def barrier() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, in place (float64/int64 tensors keep exact counts)."""
+    """Sum over ranks, in place (float64/int64 tensors keep exact counts). NCCL only reduces CUDA tensors, so
+    a CPU tensor (metric counters) makes the round trip through this rank's GPU."""
     if distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            on_gpu = tensor.cuda()
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            tensor.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

@@ -297,5 +297,7 @@ class _StepLog:
 def _progress(enabled: bool, total: int, initial: int, name: str):
     from tqdm import tqdm
 
+    # In a pod's log (no terminal) every redraw becomes a line: redraw rarely there.
+    interactive = sys.stdout.isatty()
     return tqdm(total=total, initial=initial, desc=name, unit="step", disable=not enabled, file=sys.stdout,
-                dynamic_ncols=True, mininterval=1.0, leave=True)
+                dynamic_ncols=True, mininterval=1.0 if interactive else 30.0, leave=True)
