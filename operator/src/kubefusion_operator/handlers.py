@@ -19,7 +19,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 from kubernetes.client.rest import ApiException
@@ -118,12 +118,12 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
             _refuse(job, Reason.INVALID_SPEC, "; ".join(problems))
 
         pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
-        if pytorchjob is None and not kube.pytorchjobs_served():
-            _backend_unavailable(job, retry=retry)
         if pytorchjob is None and phase_of(job.get("status")) in (Phase.SUCCEEDED, Phase.FAILED):
             # Finished, and the PyTorchJob was removed (ttlSecondsAfterFinished): never train again.
             _write_status(namespace, name, lambda current: _status(current, None))
             return
+        if pytorchjob is None and not kube.pytorchjobs_served():
+            _backend_unavailable(job, retry=retry)
 
         if pytorchjob is not None:
             applied = json.loads((pytorchjob["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
@@ -144,12 +144,11 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
     except kube.API_FAILURES as e:
-        outcome = kube.retryable(e, delay=5)
+        outcome = _fail(kube.error_reason(e), kube.retryable(e, delay=5))
         if isinstance(outcome, kopf.PermanentError):
             # The API will never accept what the spec makes (a webhook or schema says no): tell the user.
-            metrics.RECONCILE_ERRORS.labels(reason=kube.error_reason(e)).inc()
             _refuse(job, CHILD_REJECTED, str(outcome))
-        raise _fail(kube.error_reason(e), outcome) from e
+        raise outcome from e
 
 
 def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
@@ -159,7 +158,7 @@ def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, na
         return None
 
 
-def _refuse(job: dict[str, Any], reason: str, message: str) -> None:
+def _refuse(job: dict[str, Any], reason: str, message: str) -> NoReturn:
     """Record why the spec cannot be applied (condition SpecValid=False, an Event) and stop retrying."""
     meta = job["metadata"]
     before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.SPEC_VALID) or {}
@@ -181,7 +180,7 @@ def _refuse(job: dict[str, Any], reason: str, message: str) -> None:
     raise _fail(reason, kopf.PermanentError(f"{reason}: {message}"))
 
 
-def _backend_unavailable(job: dict[str, Any], *, retry: int) -> None:
+def _backend_unavailable(job: dict[str, Any], *, retry: int) -> NoReturn:
     meta = job["metadata"]
     transition = not api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE) \
         or api.is_condition_true((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE)
