@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from .harness import OperatorProcess, wait_for
@@ -59,3 +60,16 @@ def test_serves_liveness_and_metrics_and_stops_cleanly_on_sigterm(kubeconfig: Pa
     assert process is not None
     wait_for(lambda: process.poll() is not None, what='exit')
     assert process.returncode == 0, operator.tail()
+
+
+def test_settings_come_from_the_environment_and_back_off_exponentially() -> None:
+    from kubefusion_operator.options import Options
+
+    options = Options.from_env({'KUBEFUSION_OPERATOR_BACKEND_RETRY_SECONDS': '10',
+                                'KUBEFUSION_OPERATOR_BACKEND_RETRY_MAX_SECONDS': '60',
+                                'KUBEFUSION_OPERATOR_METRICS_PORT': '9090', 'UNRELATED': 'x'})
+    assert options.metrics_port == 9090
+    assert [options.backend_retry_delay(retry) for retry in range(5)] == [10, 20, 40, 60, 60]
+    assert Options.from_env(options.to_env()) == options
+    with pytest.raises(ValueError, match='KUBEFUSION_OPERATOR_RESYNC_SECONDS: must be > 0'):
+        Options.from_env({'KUBEFUSION_OPERATOR_RESYNC_SECONDS': '0'})
