@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from kubefusion.config import load_job_file
 from kubefusion.data.tokenizer import load_tokenizer

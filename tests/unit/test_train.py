@@ -147,3 +147,23 @@ def test_results_table_answers_whether_fusion_helps():
     assert "| **fused** (gated" in table and "| 96.00 |" in table
     assert "image masked" in table and "text only" in table and "97.38" in table
     assert "+71.00 points" in table
+
+
+def test_ranks_with_different_preprocessing_artifacts_refuse_to_train(monkeypatch):
+    from kubefusion.train import recipe
+
+    monkeypatch.setattr(recipe, "all_gather_object", lambda key: ["aaa", key])
+    with pytest.raises(ArtifactError, match="rank 0: aaa, rank 1: bbb"):
+        recipe.check_same_artifact("bbb", rank=1)
+    monkeypatch.setattr(recipe, "all_gather_object", lambda key: [key, key])
+    recipe.check_same_artifact("bbb", rank=1)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    from kubefusion.train.loop import _check_compatible
+
+    info = {"content_key": "k", "classes": ["a", "b"], "modalities": ["image"], "model_spec": {},
+            "num_numeric_features": 3}
+    _check_compatible(tmp_path / "c.pt", {"model_info": dict(info)}, info)
+    with pytest.raises(ArtifactError, match="different classes"):
+        _check_compatible(tmp_path / "c.pt", {"model_info": {**info, "classes": ["a", "c"]}}, info)

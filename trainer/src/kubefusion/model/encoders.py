@@ -72,7 +72,8 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         if self.pooling == "cls":
-            pooled = out.pooler_output if getattr(out, "pooler_output", None) is not None else out.last_hidden_state[:, 0]
+            pooler_output = getattr(out, "pooler_output", None)
+            pooled = pooler_output if pooler_output is not None else out.last_hidden_state[:, 0]
         else:
             mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
             # A missing text has an all-zero mask; clamp so the (later replaced) vector stays finite.
