@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from kubefusion.config import load_job_file
 from kubefusion.data.tokenizer import load_tokenizer
 from kubefusion.preprocess.runtime import Preprocessor
