@@ -7,7 +7,7 @@ also mask-aware, so it can tell a real embedding from the placeholder:
 - :class:`GatedFusion`: per-modality projections scaled by sigmoid gates (per feature); absent modalities
   contribute nothing;
 - :class:`AttentionFusion`: a small transformer over one token per modality plus a [FUSE] token; absent
-  modalities are padding in the attention.
+  modalities are padding in the attention; the output is the mean of [FUSE] and the present tokens.
 """
 
 from __future__ import annotations
@@ -73,7 +73,11 @@ class AttentionFusion(nn.Module):
         tokens = torch.cat([self.fuse_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
         # Padding mask: True = ignore. The [FUSE] token is always attended, so no row is fully masked.
         ignore = torch.cat([torch.zeros_like(present[:, :1]), ~present], dim=1)
-        return self.norm(self.encoder(tokens, src_key_padding_mask=ignore)[:, 0])
+        encoded = self.encoder(tokens, src_key_padding_mask=ignore)
+        # Read out the mean of [FUSE] and the present modality tokens, not [FUSE] alone: through [FUSE] only,
+        # attention softmax lets a fast-learning modality starve a slow one (text from scratch) of gradient.
+        keep = (~ignore).unsqueeze(-1).to(encoded.dtype)
+        return self.norm((encoded * keep).sum(dim=1) / keep.sum(dim=1))
 
 
 FUSIONS = {"concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionFusion}
