@@ -1,13 +1,16 @@
 """A Kubernetes API emulator faithful enough for kopf, kubectl and the official Python client.
 
 Built on kmock (by kopf's author): kmock's HTTP server, request parsing (group/version/plural/namespace/
-name/subresource out of the URL), error rendering as ``Status`` objects, resource discovery
-(``/api``, ``/apis``, ``/apis/<group>/<version>``) and its object store (``emulator.objects[...]`` with
-the history of every object, for assertions) are used as they are. kmock's own
+name/subresource out of the URL; patched for the ``namespaces`` resource itself), error rendering as
+``Status`` objects, its reaction DSL (for injected failures) and its object store (``emulator.objects[...]``
+with the history of every object, for assertions) are used as they are; discovery (``/api``, ``/apis``,
+``/apis/<group>/<version>``) is answered from this class's registry, because kmock's names the core group
+version ``/v1`` (kubectl then finds no built-in resource). kmock's own
 ``KubernetesEmulator`` changes its store naively (a dict merge in ``_handle`` before any reaction runs),
 so this subclass skips that step and serves every object request itself, as a *fallback* reaction: a
 test can still put a kmock reaction in front of it (``emulator['post', resource] << 500``) to inject an
-API failure, and then nothing is stored, as on a real server.
+API failure, and then nothing is stored, as on a real server. (kmock finds a reaction by re-filtering all
+requests served so far; while a test has set none, object requests skip that O(n) search.)
 
 What a real API server does and kmock as shipped does not, and which this class adds:
 
@@ -37,7 +40,8 @@ What a real API server does and kmock as shipped does not, and which this class 
   subresource, printer columns) in discovery and becomes ``Established``; deleting it removes the
   resource and its objects. kopf sees the change through its CRD watch and rescans.
 
-Not emulated: server-side apply (415), admission/OpenAPI validation and defaulting, field managers,
+Not emulated: protobuf request bodies (415: kubectl writes built-in kinds as protobuf, so create those with the
+Python client), server-side apply (415), admission/OpenAPI validation and defaulting, field managers,
 ``limit``/``continue`` paging (everything comes in one page), foreground deletion (treated as background),
 watch bookmarks, authentication, RBAC beyond ClusterRole rules (no Roles, resourceNames, nonResourceURLs).
 
