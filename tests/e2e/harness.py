@@ -126,9 +126,10 @@ def job_body(name: str, *, nodes: int = 2, gpus: int = 4, suspend: bool = False,
 class OperatorProcess:
     """The real ``kubefusion-operator`` console script, against the emulator, as a subprocess."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
-        """``kubeconfig``: the operator's credentials (an RBAC-restricted token, or the admin one)."""
-        self.kubeconfig, self.log = kubeconfig, log
+    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+        """``kubeconfig``: the operator's credentials (an RBAC-restricted token, or the admin one); ``args``:
+        more command-line flags (``--namespace``)."""
+        self.kubeconfig, self.log, self.args = kubeconfig, log, args
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -141,7 +142,7 @@ class OperatorProcess:
             self.process = subprocess.Popen(
                 [script, '--liveness', f'http://127.0.0.1:{self.liveness_port}/healthz',
                  '--metrics-port', str(self.metrics_port), '--metrics-address', '127.0.0.1',
-                 '--backend-retry-seconds', '0.5', '--resync-seconds', '3'],
+                 '--backend-retry-seconds', '0.5', '--resync-seconds', '3', *self.args],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
         def healthy() -> bool:

@@ -303,3 +303,19 @@ def test_a_child_the_api_refuses_is_reported_not_retried_forever(cluster: Cluste
     assert rejected['reason'] == 'ChildRejected' and 'denied the request' in rejected['message']
     assert cluster.pytorchjobs() == []
     assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="ApiError422"}'] >= 1
+
+
+def test_namespaced_operator_leaves_other_namespaces_alone(cluster: Cluster, kubeconfig: Path,
+                                                           tmp_path: Path) -> None:
+    cluster.install_kubeflow()
+    cluster.create_namespace('elsewhere')
+    operator = OperatorProcess(kubeconfig, tmp_path / 'operator.log', '--namespace', NAMESPACE)
+    operator.start()
+    try:
+        cluster.create_job(job_body('mine'))
+        cluster.create_job(job_body('theirs'), namespace='elsewhere')
+        wait_for(lambda: cluster.pytorchjob('mine'), what='the watched namespace to be served')
+        time.sleep(1)
+        assert cluster.pytorchjobs('elsewhere') == [] and 'status' not in cluster.job('theirs', 'elsewhere')
+    finally:
+        operator.stop()
