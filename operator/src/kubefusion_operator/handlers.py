@@ -175,9 +175,11 @@ def _refuse(job: dict[str, Any], reason: str, message: str) -> NoReturn:
         return status
 
     _write_status(meta["namespace"], meta["name"], compute)
-    if transition:
+    error = kopf.PermanentError(f"{reason}: {message}")
+    if transition:  # counted and announced once: the resync timer meets the same spec again every period
         kopf.warn(job, reason=reason, message=message)
-    raise _fail(reason, kopf.PermanentError(f"{reason}: {message}"))
+        raise _fail(reason, error)
+    raise error
 
 
 def _backend_unavailable(job: dict[str, Any], *, retry: int) -> NoReturn:
