@@ -160,69 +160,47 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
             log.debug("checkpoint %s", path)
         barrier()
 
+    def optimizer_step(stream, micro_batches: int) -> StepResult:
+        """Forward/backward over ``micro_batches`` batches (DDP syncs gradients on the last one only), then
+        unscale, clip and step."""
+        result = StepResult()
+        for micro in range(micro_batches):
+            waited = time.perf_counter()
+            inputs = session.prepare(next(stream))
+            result.data_wait += time.perf_counter() - waited
+            labels, valid = inputs.pop("label"), inputs.pop("valid")
+            last = micro == micro_batches - 1
+            with contextlib.nullcontext() if last or ddp is model else ddp.no_sync():
+                with autocast():
+                    logits = ddp(**inputs)
+                loss = masked_cross_entropy(logits, labels, valid) / micro_batches
+                scaler.scale(loss).backward()
+            result.add(float(loss.detach()), logits.detach(), labels, valid)
+        if training.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return result
+
     # ---- rank-0 reporting ------------------------------------------------------------------------------
-    steps_log = _StepLog(session.output / "logs" / f"{stage.name}.steps.jsonl", keep_through=step) \
-        if rt.is_main else None
-    writer = session.tensorboard(stage.name) if (rt.is_main and session.tensorboard) else None
-    progress = _progress(rt.is_main, total_steps, step, stage.name)
-    window = torch.zeros(3, dtype=torch.float64)  # loss * samples, correct, samples since the last log line
+    report = _Reporter(session, stage, total_steps, step)
 
     # ---- the loop ---------------------------------------------------------------------------------------
     model.train()
     while epoch < training.epochs:
         stream = iter(data.batches("train", epoch=epoch, skip=batch_in_epoch, limit=batches_per_epoch))
         while batch_in_epoch < batches_per_epoch:
-            step_started = time.perf_counter()
+            started = time.perf_counter()
             torch.manual_seed(step_seed(training.seed, stage.index, rt.rank, step))
-            group = min(training.grad_accumulation, batches_per_epoch - batch_in_epoch)
-            data_wait, step_loss, step_samples, step_correct = 0.0, 0.0, 0, 0
-            for micro in range(group):
-                waited = time.perf_counter()
-                inputs = session.prepare(next(stream))
-                data_wait += time.perf_counter() - waited
-                labels, valid = inputs.pop("label"), inputs.pop("valid")
-                last = micro == group - 1
-                with (contextlib.nullcontext() if last or ddp is model else ddp.no_sync()):
-                    with autocast():
-                        logits = ddp(**inputs)
-                    loss = masked_cross_entropy(logits, labels, valid) / group
-                    scaler.scale(loss).backward()
-                step_loss += float(loss.detach())
-                with torch.no_grad():
-                    n = int(valid.sum())
-                    correct = int(((logits.argmax(1) == labels) & valid).sum())
-                    step_samples += n
-                    step_correct += correct
-                    window += torch.tensor([float(loss.detach()) * group * n, correct, n], dtype=torch.float64)
-            if training.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            batch_in_epoch += group
-
-            lr = max(g["lr"] for g in optimizer.param_groups)
-            if steps_log:
-                steps_log.write(step=step, epoch=epoch, loss=step_loss, lr=lr)
-            if session.metrics:
-                session.metrics.observe_step(step_seconds=time.perf_counter() - step_started,
-                                             data_wait_seconds=data_wait, samples=step_samples, loss=step_loss,
-                                             learning_rate=lr, epoch=epoch, step=step,
-                                             accuracy=step_correct / max(1, step_samples))
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-            if step % training.log_every_steps == 0 or batch_in_epoch >= batches_per_epoch:
-                totals = all_reduce_sum(window.clone())
-                if writer is not None and totals[2] > 0:
-                    writer.add_scalar("train/loss", totals[0] / totals[2], step)
-                    writer.add_scalar("train/accuracy", totals[1] / totals[2], step)
-                    writer.add_scalar("train/learning_rate", lr, step)
-                window.zero_()
-                if session.metrics:
-                    session.metrics.observe_gpu_memory()
+            micro_batches = min(training.grad_accumulation, batches_per_epoch - batch_in_epoch)
+            result = optimizer_step(stream, micro_batches)
+            step, batch_in_epoch = step + 1, batch_in_epoch + micro_batches
+            lr = max(group["lr"] for group in optimizer.param_groups)
+            report.step(result, step=step, epoch=epoch, lr=lr, seconds=time.perf_counter() - started,
+                        window_ends=step % training.log_every_steps == 0 or batch_in_epoch >= batches_per_epoch)
             if step % training.checkpoint_every_steps == 0 and batch_in_epoch < batches_per_epoch:
                 sync_buffers(model)
                 save(epoch, batch_in_epoch)
@@ -232,27 +210,82 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
         sync_buffers(model)
         save(epoch, 0)
         if "validation" in data.splits:
-            val = evaluate(model, data.batches("validation"), session.prepare, num_classes=len(data.classes),
-                           autocast=autocast)
-            if rt.is_main:
-                progress.write(f"[{stage.name}] epoch {epoch}/{training.epochs}: validation top-1 "
-                               f"{100 * val['top1']:.2f}%, loss {val['loss']:.4f}")
-            if writer is not None:
-                writer.add_scalar("validation/top1", val["top1"], step)
-                writer.add_scalar("validation/loss", val["loss"], step)
-            if session.metrics:
-                session.metrics.observe_eval(split="validation", accuracy=val["top1"], loss=val["loss"])
-    progress.close()
-    if steps_log:
-        steps_log.close()
-    if writer is not None:
-        writer.flush()
+            scores = evaluate(model, data.batches("validation"), session.prepare, num_classes=len(data.classes),
+                              autocast=autocast)
+            report.validation(scores, step=step, epoch=epoch)
+    report.close()
 
     if rt.is_main:
         ckpt.write_model_file(stage_model_path(session.output, stage), snapshot(epoch, 0))
     barrier()
     model.eval()
     return model
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step saw on this rank."""
+
+    loss: float = 0.0
+    samples: int = 0
+    correct: int = 0
+    data_wait: float = 0.0
+
+    def add(self, loss: float, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> None:
+        self.loss += loss
+        self.samples += int(valid.sum())
+        self.correct += int(((logits.argmax(1) == labels) & valid).sum())
+
+
+class _Reporter:
+    """Progress bar, per-step loss log and TensorBoard (rank 0), Prometheus metrics (every rank)."""
+
+    def __init__(self, session: Session, stage: Stage, total_steps: int, step: int):
+        main = session.runtime.is_main
+        self.name, self.epochs, self.metrics = stage.name, session.job.training.epochs, session.metrics
+        self.steps_log = _StepLog(session.output / "logs" / f"{stage.name}.steps.jsonl", keep_through=step) \
+            if main else None
+        self.writer = session.tensorboard(stage.name) if (main and session.tensorboard) else None
+        self.progress = _progress(main, total_steps, step, stage.name)
+        self.window = torch.zeros(3, dtype=torch.float64)  # loss x samples, correct, samples (all ranks summed)
+
+    def step(self, result: StepResult, *, step: int, epoch: int, lr: float, seconds: float, window_ends: bool):
+        if self.steps_log:
+            self.steps_log.write(step=step, epoch=epoch, loss=result.loss, lr=lr)
+        if self.metrics:
+            self.metrics.observe_step(step_seconds=seconds, data_wait_seconds=result.data_wait,
+                                      samples=result.samples, loss=result.loss, learning_rate=lr, epoch=epoch,
+                                      step=step, accuracy=result.correct / max(1, result.samples))
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        self.window += torch.tensor([result.loss * result.samples, result.correct, result.samples],
+                                    dtype=torch.float64)
+        if window_ends:  # a collective: every rank reaches it at the same steps
+            totals = all_reduce_sum(self.window.clone())
+            if self.writer is not None and totals[2] > 0:
+                self.writer.add_scalar("train/loss", totals[0] / totals[2], step)
+                self.writer.add_scalar("train/accuracy", totals[1] / totals[2], step)
+                self.writer.add_scalar("train/learning_rate", lr, step)
+            self.window.zero_()
+            if self.metrics:
+                self.metrics.observe_gpu_memory()
+
+    def validation(self, scores: dict[str, Any], *, step: int, epoch: int) -> None:
+        if not self.progress.disable:
+            self.progress.write(f"[{self.name}] epoch {epoch}/{self.epochs}: validation top-1 "
+                                f"{100 * scores['top1']:.2f}%, loss {scores['loss']:.4f}")
+        if self.writer is not None:
+            self.writer.add_scalar("validation/top1", scores["top1"], step)
+            self.writer.add_scalar("validation/loss", scores["loss"], step)
+        if self.metrics:
+            self.metrics.observe_eval(split="validation", accuracy=scores["top1"], loss=scores["loss"])
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.steps_log:
+            self.steps_log.close()
+        if self.writer is not None:
+            self.writer.flush()
 
 
 # ---------------------------------------------------------------------------------------------- helpers
