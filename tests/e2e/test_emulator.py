@@ -181,11 +181,12 @@ def test_label_selectors_and_typed_lists(custom: Any, core: kubernetes.client.Co
 
 
 def _watch(k8s_api: EmulatorThread, **params: Any) -> list[tuple[str, str]]:
+    """A raw watch; it must end by itself at ``timeoutSeconds`` (the client would wait 30 s)."""
     started = time.monotonic()
     response = requests.get(f'{k8s_api.url}/api/v1/namespaces/default/configmaps',
-                            params=dict(watch='true', **params), stream=True, timeout=10)
+                            params=dict(watch='true', **params), stream=True, timeout=30)
     events = [json.loads(line) for line in response.iter_lines() if line]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < float(params['timeoutSeconds']) + 10
     return [(e['type'], e['object']['metadata']['name']) for e in events]
 
 
@@ -205,9 +206,11 @@ def test_watch_streams_live_events_with_label_selector_transitions(
         k8s_api: EmulatorThread, core: kubernetes.client.CoreV1Api) -> None:
     core.create_namespaced_config_map('default', {'metadata': {'name': 'a', 'labels': {'app': 'x'}}})
     seen: list[tuple[str, str]] = []
-    watcher = threading.Thread(target=lambda: seen.extend(_watch(k8s_api, labelSelector='app=x', timeoutSeconds='2')))
+    watcher = threading.Thread(target=lambda: seen.extend(_watch(k8s_api, labelSelector='app=x', timeoutSeconds='3')))
     watcher.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while not k8s_api.call(lambda emulator: len(emulator._watchers)) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the watch is subscribed before the changes it must see live
     core.create_namespaced_config_map('default', {'metadata': {'name': 'b', 'labels': {'app': 'other'}}})
     core.patch_namespaced_config_map('a', 'default', {'metadata': {'labels': {'app': 'gone'}}})
     core.patch_namespaced_config_map('b', 'default', {'metadata': {'labels': {'app': 'x'}}})
