@@ -142,7 +142,10 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        if rt.is_main:
+        if rt.is_main and epoch >= training.epochs:
+            log.info("[%s] already trained (%s, step %d of %d): evaluating only", stage.name, chosen, step,
+                     total_steps)
+        elif rt.is_main:
             log.info("[%s] resuming from %s (step %d of %d, epoch %d, batch %d)", stage.name, chosen, step,
                      total_steps, epoch + 1, batch_in_epoch)
 
