@@ -28,6 +28,9 @@ def test_checkpoints_keep_the_newest_and_leave_no_temporary_files(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
         "step-000000020.pt", "step-000000015.pt", "step-000000010.pt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    killed_writer = tmp_path / ".step-000000025.pt.x1y2.tmp"
+    killed_writer.write_bytes(b"half a checkpoint")
+    assert ckpt.remove_partial_writes(tmp_path) == [killed_writer] and not killed_writer.exists()
     state, path = ckpt.load_latest_checkpoint(tmp_path)
     assert state["step"] == 20 and path.name == "step-000000020.pt"
 

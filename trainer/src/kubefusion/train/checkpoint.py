@@ -71,6 +71,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
+def remove_partial_writes(directory: Path) -> list[Path]:
+    """Delete temporary files left by a writer that was killed mid-write (call before any writer starts)."""
+    removed = [p for p in directory.glob(".step-*.tmp")] if directory.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def load_latest_checkpoint(directory: Path) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint in ``directory`` that loads, or None when there is none.
 

@@ -133,6 +133,8 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
 
     # ---- resume from the newest valid checkpoint, if any --------------------------------------------------
     step, epoch, batch_in_epoch = 0, 0, 0
+    if rt.is_main:
+        ckpt.remove_partial_writes(checkpoints)
     chosen = broadcast_object(_newest_valid(checkpoints) if rt.is_main else None)
     if chosen is not None:
         state = ckpt.read_checkpoint(Path(chosen))
