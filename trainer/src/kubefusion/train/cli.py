@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     job = load_job_file(args.config)
     if job.training.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is only deterministic with it
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     runtime = distributed.setup(job.training.collective_timeout_seconds)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
