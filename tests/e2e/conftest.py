@@ -49,14 +49,21 @@ os.environ.setdefault('NO_PROXY', '127.0.0.1,localhost')
 
 
 @pytest.fixture()
-def cluster(k8s_api: EmulatorThread, api_client: kubernetes.client.ApiClient) -> Cluster:
-    """The emulator with the MultimodalTrainJob CRD (manifests/crd.yaml) installed and namespace ml-team."""
+def bare_cluster(k8s_api: EmulatorThread, api_client: kubernetes.client.ApiClient) -> Cluster:
+    """The emulator with the MultimodalTrainJob CRD (manifests/crd.yaml) and namespace ml-team, no Kubeflow."""
     c = Cluster(k8s_api, api_client)
     for document in yaml.safe_load_all((REPO / 'manifests' / 'crd.yaml').read_text()):
         if document:
             c.crds.create_custom_resource_definition(document)
     c.create_namespace(NAMESPACE)
     return c
+
+
+@pytest.fixture()
+def cluster(bare_cluster: Cluster) -> Cluster:
+    """A cluster with Kubeflow's training operator (its PyTorchJob CRD) installed before the operator starts."""
+    bare_cluster.install_kubeflow()
+    return bare_cluster
 
 
 @pytest.fixture()

@@ -33,7 +33,6 @@ def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_job_lifecycle_children_status_events_and_metrics(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     created = cluster.create_job(job_body('products'))
     pytorchjob, configmap = children(cluster, 'products')
 
@@ -81,7 +80,6 @@ def test_job_lifecycle_children_status_events_and_metrics(cluster: Cluster, oper
 
 
 def test_failed_pytorchjob_fails_the_job_with_kubeflows_reason(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     cluster.create_job(job_body('broken'))
     children(cluster, 'broken')
     cluster.kubeflow_reports('broken', 'Created', 'Running', 'Failed')
@@ -96,7 +94,6 @@ def test_failed_pytorchjob_fails_the_job_with_kubeflows_reason(cluster: Cluster,
 
 @pytest.mark.slow
 def test_suspend_propagates_both_ways(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     cluster.create_job(job_body('held', suspend=True))
     pytorchjob, _ = children(cluster, 'held')
     assert pytorchjob['spec']['runPolicy']['suspend'] is True
@@ -122,7 +119,6 @@ def test_suspend_propagates_both_ways(cluster: Cluster, operator: OperatorProces
 
 
 def test_delete_garbage_collects_children(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     cluster.create_job(job_body('short'))
     children(cluster, 'short')
     cluster.custom.delete_namespaced_custom_object('kubefusion.io', 'v1alpha1', NAMESPACE, 'multimodaltrainjobs',
@@ -133,7 +129,6 @@ def test_delete_garbage_collects_children(cluster: Cluster, operator: OperatorPr
 
 @pytest.mark.slow
 def test_restart_mid_flight_adopts_without_duplicates(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     cluster.create_job(job_body('long'))
     first, _ = children(cluster, 'long')
     cluster.kubeflow_reports('long', 'Created', 'Running')
@@ -161,7 +156,6 @@ def test_restart_mid_flight_adopts_without_duplicates(cluster: Cluster, operator
 
 
 def test_invalid_spec_is_refused_with_a_condition(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     body = job_body('bad')
     body['spec']['training'] = {'precision': 'fp8'}
     cluster.create_job(body)
@@ -179,7 +173,6 @@ def test_invalid_spec_is_refused_with_a_condition(cluster: Cluster, operator: Op
 
 
 def test_immutable_change_is_refused_and_reverting_clears_it(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     cluster.create_job(job_body('fixed'))
     children(cluster, 'fixed')
     cluster.patch_job('fixed', {'spec': {'resources': {'nodes': 3}}})
@@ -196,28 +189,33 @@ def test_immutable_change_is_refused_and_reverting_clears_it(cluster: Cluster, o
     wait_for(lambda: condition(cluster.job('fixed'), 'SpecValid').get('status') == 'True', what='SpecValid=True')
 
 
-def test_no_backend_reports_what_to_install_then_recovers(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.create_job(job_body('early'))
-    waiting = wait_for(lambda: any(c['type'] == 'BackendAvailable' for c in
-                                   (cluster.job('early').get('status') or {}).get('conditions', []))
-                       and cluster.job('early'), what='BackendAvailable condition')
-    backend = condition(waiting, 'BackendAvailable')
-    assert backend['status'] == 'False' and backend['reason'] == 'BackendUnavailable'
-    assert 'training-operator' in backend['message'] and 'kubectl apply' in backend['message']
-    assert waiting['status']['phase'] == 'Pending' and waiting['status']['reason'] == 'BackendUnavailable'
-    assert operator.process is not None and operator.process.poll() is None  # no crash loop
+def test_no_backend_reports_what_to_install_then_recovers(bare_cluster: Cluster, kubeconfig: Path,
+                                                          tmp_path: Path) -> None:
+    cluster = bare_cluster
+    operator = OperatorProcess(kubeconfig, tmp_path / 'operator.log')
+    operator.start()
+    try:
+        cluster.create_job(job_body('early'))
+        waiting = wait_for(lambda: condition(cluster.job('early'), 'BackendAvailable') and cluster.job('early'),
+                           what='BackendAvailable condition')
+        backend = condition(waiting, 'BackendAvailable')
+        assert backend['status'] == 'False' and backend['reason'] == 'BackendUnavailable'
+        assert 'training-operator' in backend['message'] and 'kubectl apply' in backend['message']
+        assert waiting['status']['phase'] == 'Pending' and waiting['status']['reason'] == 'BackendUnavailable'
+        assert operator.process is not None and operator.process.poll() is None  # no crash loop
 
-    cluster.install_kubeflow()
-    wait_for(lambda: cluster.pytorchjob('early'), what='the PyTorchJob after Kubeflow was installed')
-    cluster.kubeflow_reports('early', 'Created', 'Running')
-    recovered = cluster.wait_phase('early', 'Running')
-    assert condition(recovered, 'BackendAvailable')['status'] == 'True'
-    assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="BackendUnavailable"}'] >= 1
+        cluster.install_kubeflow()
+        wait_for(lambda: cluster.pytorchjob('early'), what='the PyTorchJob after Kubeflow was installed')
+        cluster.kubeflow_reports('early', 'Created', 'Running')
+        recovered = cluster.wait_phase('early', 'Running')
+        assert condition(recovered, 'BackendAvailable')['status'] == 'True'
+        assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="BackendUnavailable"}'] >= 1
+    finally:
+        operator.stop()
 
 
 @pytest.mark.slow
 def test_api_errors_are_retried_not_lost(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     emulator = cluster.api.emulator
     assert emulator is not None
     emulator['post', emulator.resource('kubeflow.org', 'v1', 'pytorchjobs')][:2] << 500
@@ -229,7 +227,6 @@ def test_api_errors_are_retried_not_lost(cluster: Cluster, operator: OperatorPro
 
 @pytest.mark.slow
 def test_hundred_jobs_make_exactly_hundred_pytorchjobs(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     for i in range(100):
         cluster.create_job(job_body(f'job-{i:03d}', nodes=1 + i % 3))
     wait_for(lambda: len(cluster.pytorchjobs()) == 100, timeout=120, what='100 PyTorchJobs')
@@ -250,7 +247,6 @@ def test_kubectl_apply_example_yields_an_acceptable_pytorchjob(cluster: Cluster,
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    cluster.install_kubeflow()
     example = yaml.safe_load((REPO / 'examples' / 'job.yaml').read_text())
     assert kubectl('apply', '-f', str(REPO / 'examples' / 'job.yaml'), '--validate=false').strip() == \
         'multimodaltrainjob.kubefusion.io/products created'
@@ -290,7 +286,6 @@ def test_kubectl_apply_example_yields_an_acceptable_pytorchjob(cluster: Cluster,
 
 
 def test_a_child_the_api_refuses_is_reported_not_retried_forever(cluster: Cluster, operator: OperatorProcess) -> None:
-    cluster.install_kubeflow()
     emulator = cluster.api.emulator
     assert emulator is not None
     refusal = {'apiVersion': 'v1', 'kind': 'Status', 'status': 'Failure', 'code': 422, 'reason': 'Invalid',
@@ -307,7 +302,6 @@ def test_a_child_the_api_refuses_is_reported_not_retried_forever(cluster: Cluste
 
 def test_namespaced_operator_leaves_other_namespaces_alone(cluster: Cluster, kubeconfig: Path,
                                                            tmp_path: Path) -> None:
-    cluster.install_kubeflow()
     cluster.create_namespace('elsewhere')
     operator = OperatorProcess(kubeconfig, tmp_path / 'operator.log', '--namespace', NAMESPACE)
     operator.start()

@@ -35,7 +35,8 @@ def test_rbac_binds_the_operator_service_account() -> None:
 
 
 def test_operator_does_everything_within_its_cluster_role_and_uses_all_of_it(
-        cluster: Cluster, tmp_path: Path) -> None:
+        bare_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = bare_cluster
     emulator = cluster.api.emulator
     assert emulator is not None
     rules = rbac_documents()['ClusterRole']['rules']

@@ -113,11 +113,10 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
     meta, spec = job["metadata"], job.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     try:
+        pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
         problems = validate_spec(spec, name=name)
         if problems:
-            _refuse(job, Reason.INVALID_SPEC, "; ".join(problems))
-
-        pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
+            _refuse(job, Reason.INVALID_SPEC, "; ".join(problems), pytorchjob)
         if pytorchjob is None and phase_of(job.get("status")) in (Phase.SUCCEEDED, Phase.FAILED):
             # Finished, and the PyTorchJob was removed (ttlSecondsAfterFinished): never train again.
             _write_status(namespace, name, lambda current: _status(current, None))
@@ -131,7 +130,7 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
             if changed:
                 _refuse(job, Reason.IMMUTABLE_FIELD_CHANGED,
                         f"{', '.join(changed)} cannot change after the job is created; revert the change, or "
-                        f"delete the job and create it again")
+                        f"delete the job and create it again", pytorchjob)
 
         created = []
         if _ensure_configmap(job):
@@ -139,7 +138,7 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         pytorchjob, made = _ensure_pytorchjob(job, pytorchjob, retry=retry)
         if made:
             created.append(f"{api.PYTORCHJOB_KIND} {name}")
-        _write_status(namespace, name, lambda current: _status(current, pytorchjob, applied=True))
+        _write_status(namespace, name, lambda current: _status(current, _fresh(pytorchjob), applied=True))
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
@@ -147,8 +146,16 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         outcome = _fail(kube.error_reason(e), kube.retryable(e, delay=5))
         if isinstance(outcome, kopf.PermanentError):
             # The API will never accept what the spec makes (a webhook or schema says no): tell the user.
-            _refuse(job, CHILD_REJECTED, str(outcome))
+            _refuse(job, CHILD_REJECTED, str(outcome), None)
         raise outcome from e
+
+
+def _fresh(pytorchjob: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The PyTorchJob as it is now. Status is computed from a read made after the job's own read, so that a
+    status write racing the mirror handler fails on the job's resourceVersion instead of going stale."""
+    if pytorchjob is None:
+        return None
+    return _read_or_none(kube.get_pytorchjob, pytorchjob["metadata"]["namespace"], pytorchjob["metadata"]["name"])
 
 
 def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
@@ -158,14 +165,15 @@ def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, na
         return None
 
 
-def _refuse(job: dict[str, Any], reason: str, message: str) -> NoReturn:
-    """Record why the spec cannot be applied (condition SpecValid=False, an Event) and stop retrying."""
+def _refuse(job: dict[str, Any], reason: str, message: str, pytorchjob: dict[str, Any] | None = None) -> NoReturn:
+    """Record why the spec cannot be applied (condition SpecValid=False, an Event) and stop retrying. A
+    PyTorchJob that runs anyway (from the spec accepted before) keeps being mirrored into the status."""
     meta = job["metadata"]
     before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.SPEC_VALID) or {}
     transition = before.get("status") != api.CONDITION_FALSE or before.get("message") != message
 
     def compute(current: dict[str, Any]) -> dict[str, Any]:
-        status = dict(current.get("status") or {})
+        status = _status(current, _fresh(pytorchjob)) if pytorchjob is not None else dict(current.get("status") or {})
         status["conditions"] = api.set_condition(
             status.get("conditions"), ConditionType.SPEC_VALID, False, reason, message, _now(),
             observed_generation=current["metadata"].get("generation"))

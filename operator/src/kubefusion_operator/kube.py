@@ -7,7 +7,6 @@ never waits on the network. API failures are translated into kopf's retry vocabu
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from typing import Any
@@ -28,16 +27,22 @@ class NotFound(Exception):
     """The object does not exist (HTTP 404 for a resource the server serves)."""
 
 
-@functools.cache
+_client: kubernetes.client.ApiClient | None = None
+
+
 def client() -> kubernetes.client.ApiClient:
-    """One API client per process: in-cluster credentials, else the kubeconfig (``$KUBECONFIG``, ~/.kube)."""
+    """One API client per process: in-cluster credentials, else the kubeconfig (``$KUBECONFIG``, ~/.kube).
+    Raises ``kubernetes.config.ConfigException`` when there are neither."""
+    global _client
     with _lock:
-        configuration = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=configuration)
-        return kubernetes.client.ApiClient(configuration)
+        if _client is None:
+            configuration = kubernetes.client.Configuration()
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=configuration)
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config(client_configuration=configuration)
+            _client = kubernetes.client.ApiClient(configuration)
+        return _client
 
 
 def custom() -> kubernetes.client.CustomObjectsApi:
@@ -57,7 +62,7 @@ def pytorchjobs_served() -> bool:
         if e.status == 404:
             return False
         raise
-    return any(r.name == api.PYTORCHJOB_PLURAL for r in (resources.resources or []) if resources)
+    return any(r.name == api.PYTORCHJOB_PLURAL for r in resources.resources or [])
 
 
 # -------------------------------------------------------------------------------- MultimodalTrainJobs
