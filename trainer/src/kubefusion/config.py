@@ -346,7 +346,14 @@ class JobConfig:
 
     # ---- derived paths ------------------------------------------------------------------------------
 
-    def resolve(self, path: str) -> Path:
+    def resolve(self, path: str) -> str | Path:
+        """A path written in the job file: a URI (``gs://``, ``file://``...) stands as written (pathlib would
+        fold ``gs://b`` into ``gs:/b``); a local path is expanded (``~``) and, when relative, taken from the job
+        file's folder."""
+        from kubefusion.data._gfile import is_uri  # noqa: PLC0415 (the data package imports this module)
+
+        if is_uri(path):
+            return path
         p = Path(path).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
 
@@ -355,16 +362,25 @@ class JobConfig:
         return self.data.path.startswith("builtin:demo")
 
     @property
-    def data_dir(self) -> Path:
-        """Local dataset folder. For ``builtin:demo`` the caller synthesises into its own folder instead."""
+    def data_dir(self) -> str | Path:
+        """Dataset root: a local folder (``Path``) or a URI (``str``). For ``builtin:demo`` the caller
+        synthesises into its own folder instead."""
         return self.resolve(self.data.path)
 
     @property
-    def ood_dir(self) -> Path | None:
+    def ood_dir(self) -> str | Path | None:
+        """``spec.data.oodPath``, else ``<data root>/ood`` when it exists (checked through tf.io.gfile for a
+        URI root, which imports TensorFlow)."""
         if self.data.ood_path:
             return self.resolve(self.data.ood_path)
-        default = self.data_dir / "ood"
-        return default if default.exists() else None
+        root = self.data_dir
+        if isinstance(root, Path):
+            default = root / "ood"
+            return default if default.exists() else None
+        from kubefusion.data import _gfile  # noqa: PLC0415 (the data package imports this module)
+
+        candidate = _gfile.join(root, "ood")
+        return candidate if _gfile.isdir(candidate) else None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict (snake_case), stored in checkpoints and manifests."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,28 @@ def open_binary(path: str) -> IO[bytes]:
 def read_bytes(path: str) -> bytes:
     with open_binary(path) as fh:
         return fh.read()
+
+
+def files_below(root: str) -> list[str]:
+    """Paths of every file below ``root``, relative to it with forward slashes, sorted (stable across file
+    systems: object stores list in their own order and may end folder names with a slash)."""
+    top = root.rstrip("/")
+    found = []
+    for folder, _, names in gfile().walk(top):
+        rel = folder.rstrip("/")[len(top):].strip("/")
+        found += [posixpath.join(rel, name.rstrip("/")) if rel else name.rstrip("/") for name in names]
+    return sorted(found)
+
+
+def sha256_and_size(path: str, chunk_bytes: int = 1 << 20) -> tuple[str, int]:
+    """sha256 of a file's contents and its length, read through ``tf.io.gfile`` in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open_binary(path) as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 @contextlib.contextmanager

@@ -25,9 +25,11 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from kubefusion.errors import ArtifactError, DataError
 
@@ -83,29 +85,62 @@ def package_versions(names: Iterable[str]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ content key
 
 
-def data_fingerprint(data_root: Path, *, exclude_dirs: Iterable[str] = ("ood",)) -> dict[str, Any]:
+def data_fingerprint(data_root: str | Path, *, exclude_dirs: Iterable[str] = ("ood",)) -> dict[str, Any]:
     """sha256 over every data file's relative path and contents.
 
     Contents, not modification times: each pod may synthesise or copy the same data at its own time, and all
     of them must arrive at the same key. The out-of-distribution folder is left out; it does not change
-    the training statistics.
+    the training statistics. A URI root (``gs://``, ``file://``...) is read through ``tf.io.gfile`` with the
+    same formula, so the same files give the same key wherever they live.
     """
-    if not Path(data_root).is_dir():
-        raise DataError(f"{data_root}: no such dataset folder (spec.data.path; the content key needs a local "
-                        "folder or mounted volume)")
     excluded = set(exclude_dirs)
+
+    def counted(rel: str) -> bool:
+        parts = rel.split("/")
+        return parts[0] not in excluded and not any(part.startswith(".") for part in parts)
+
+    if _is_uri(data_root):
+        entries = _uri_file_digests(str(data_root), counted)
+    else:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise DataError(f"{data_root}: no such dataset folder (spec.data.path; the content key needs a local "
+                            "folder, a mounted volume or a URI tf.io.gfile reads)")
+        entries = []
+        for path in files_under(root):
+            rel = path.relative_to(root).as_posix()
+            if counted(rel):
+                entries.append((rel, sha256_file(path), path.stat().st_size))
     digest = hashlib.sha256()
-    count = size = 0
-    for path in files_under(data_root):
-        rel = path.relative_to(data_root)
-        if rel.parts[0] in excluded or any(part.startswith(".") for part in rel.parts):
-            continue
-        digest.update(rel.as_posix().encode() + b"\0" + sha256_file(path).encode() + b"\n")
-        count += 1
-        size += path.stat().st_size
-    if count == 0:
+    for rel, sha, _ in entries:
+        digest.update(rel.encode() + b"\0" + sha.encode() + b"\n")
+    if not entries:
         raise ArtifactError(f"{data_root}: no data files to fingerprint")
-    return {"sha256": digest.hexdigest(), "files": count, "bytes": size}
+    return {"sha256": digest.hexdigest(), "files": len(entries), "bytes": sum(size for *_, size in entries)}
+
+
+URI_READ_THREADS = 16
+"""Files hashed at once under a URI root: object stores answer each read after a round trip, so reading one
+file at a time would make the key of a large remote dataset wait on latency, not bandwidth."""
+
+
+def _is_uri(path: str | Path) -> bool:
+    from kubefusion.data._gfile import is_uri  # not at import time: kubefusion.data imports numpy
+
+    return is_uri(path)
+
+
+def _uri_file_digests(root: str, counted: Callable[[str], bool]) -> list[tuple[str, str, int]]:
+    """(relative path, sha256, size) of every counted file below the URI ``root``, read through tf.io.gfile."""
+    from kubefusion.data import _gfile
+
+    if not _gfile.isdir(root):
+        raise DataError(f"{root}: no such dataset folder (spec.data.path)")
+    with _gfile.readable(root):
+        names = [rel for rel in _gfile.files_below(root) if counted(rel)]
+        with ThreadPoolExecutor(URI_READ_THREADS) as pool:
+            digests = list(pool.map(lambda rel: _gfile.sha256_and_size(_gfile.join(root, rel)), names))
+    return [(rel, sha, size) for rel, (sha, size) in zip(names, digests)]
 
 
 def tokenizer_fingerprint(name: str, base_dir: Path | None = None) -> dict[str, Any]:

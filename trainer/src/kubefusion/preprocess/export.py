@@ -55,7 +55,7 @@ class PrepareResult:
 # ------------------------------------------------------------------------------------------- the key
 
 
-def key_material(job: JobConfig, data_root: Path) -> dict[str, Any]:
+def key_material(job: JobConfig, data_root: str | Path) -> dict[str, Any]:
     """Everything the artifact depends on; its hash is the content key."""
     pre = job.preprocessing
     data = job.data
@@ -89,8 +89,9 @@ def versions() -> dict[str, str]:
             **artifact.package_versions(VERSIONED_PACKAGES)}
 
 
-def data_root_for(job: JobConfig, artifacts: Path) -> Path:
-    """The local dataset folder; the built-in demo data is synthesised (once) beside the artifacts."""
+def data_root_for(job: JobConfig, artifacts: Path) -> str | Path:
+    """The dataset root (a local folder, or a URI as written in the job); the built-in demo data is
+    synthesised (once) beside the artifacts."""
     if job.uses_demo_data:
         from kubefusion.data.synth import ensure_demo_data
 
@@ -99,23 +100,24 @@ def data_root_for(job: JobConfig, artifacts: Path) -> Path:
     return job.data_dir
 
 
-def expected_content_key(job: JobConfig, artifacts: Path, *, data_root: Path | None = None) -> str:
+def expected_content_key(job: JobConfig, artifacts: Path, *, data_root: str | Path | None = None) -> str:
     """The content key ``kubefusion preprocess`` computes for this job (no TensorFlow; hashes the data files).
     ``Preprocessor.load(artifacts, content_key=...)`` with it picks this job's artifact even when another
-    job's export moved ``latest.json`` in a shared ARTIFACTS folder."""
-    root = Path(data_root) if data_root is not None else data_root_for(job, Path(artifacts))
+    job's export moved ``latest.json`` in a shared ARTIFACTS folder. A URI root is hashed through tf.io.gfile
+    (TensorFlow imported, every file read)."""
+    root = data_root if data_root is not None else data_root_for(job, Path(artifacts))
     return artifact.content_key(key_material(job, root))
 
 
 # ----------------------------------------------------------------------------------------- prepare
 
 
-def prepare(job: JobConfig, artifacts: Path, *, data_root: Path | None = None) -> PrepareResult:
+def prepare(job: JobConfig, artifacts: Path, *, data_root: str | Path | None = None) -> PrepareResult:
     """Make sure ``artifacts/<content key>/`` holds this job's preprocessing artifact; point latest.json at it."""
     started = time.perf_counter()
     artifacts = Path(artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
-    root = Path(data_root) if data_root is not None else data_root_for(job, artifacts)
+    root = data_root if data_root is not None else data_root_for(job, artifacts)
     material = key_material(job, root)
     key = artifact.content_key(material)
     final = artifacts / key
@@ -139,7 +141,7 @@ def prepare(job: JobConfig, artifacts: Path, *, data_root: Path | None = None) -
     return PrepareResult(final, key, not won, time.perf_counter() - started)
 
 
-def training_split(job: JobConfig, root: Path) -> tuple[Any, list[Any], dict[str, int]]:
+def training_split(job: JobConfig, root: str | Path) -> tuple[Any, list[Any], dict[str, int]]:
     """(scan result, training records, split sizes) under the job's data settings."""
     from kubefusion.data import scan, split_records
 
@@ -152,7 +154,7 @@ def training_split(job: JobConfig, root: Path) -> tuple[Any, list[Any], dict[str
     return scanned, parts["train"], sizes
 
 
-def build_artifact(job: JobConfig, root: Path, out: Path, key: str, material: dict[str, Any]) -> dict[str, Any]:
+def build_artifact(job: JobConfig, root: str | Path, out: Path, key: str, material: dict[str, Any]) -> dict[str, Any]:
     """Write a complete artifact into the (empty) folder ``out``; returns the manifest."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

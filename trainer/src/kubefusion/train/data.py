@@ -58,8 +58,9 @@ class TrainingData:
         return itertools.islice(stream, None if limit is None else max(0, limit - skip))
 
 
-def load_training_data(job: JobConfig, data_root: Path, *, manifest: dict[str, Any], tokenizer: Any,
+def load_training_data(job: JobConfig, data_root: str | Path, *, manifest: dict[str, Any], tokenizer: Any,
                        rank: int, world_size: int) -> TrainingData:
+    from kubefusion.data import _gfile
     from kubefusion.data.pipeline import encode_records
     from kubefusion.data.reader import scan
     from kubefusion.data.split import split_records
@@ -79,20 +80,27 @@ def load_training_data(job: JobConfig, data_root: Path, *, manifest: dict[str, A
     encoded = {name: encode_records(records, tokenizer=tokenizer, max_tokens=job.preprocessing.max_tokens,
                                     num_numeric=width)
                for name, records in splits.items() if records}
-    facts_file = data_root / "dataset.json"
-    facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+    facts_file = _gfile.join(data_root, "dataset.json")
+    facts = {}
+    if _gfile.exists(facts_file) and not _gfile.isdir(facts_file):
+        with _gfile.readable(facts_file):
+            facts = json.loads(_gfile.read_bytes(facts_file))
     return TrainingData(splits=encoded, classes=scanned.classes, numeric_columns=scanned.numeric_columns,
                         image_size=job.preprocessing.image_size, batch_size=job.training.batch_size_per_gpu,
                         rank=rank, world_size=world_size, seed=job.training.seed, dataset_facts=facts)
 
 
-def _ood_root(job: JobConfig, data_root: Path) -> Path | None:
+def _ood_root(job: JobConfig, data_root: str | Path) -> str | Path | None:
+    """``spec.data.oodPath``, else ``<data root>/ood`` when it is a folder (local or URI alike, via gfile)."""
+    from kubefusion.data import _gfile
+
     if job.data.ood_path:
         return job.resolve(job.data.ood_path)
-    return data_root / "ood" if (data_root / "ood").is_dir() else None
+    candidate = _gfile.join(data_root, "ood")
+    return candidate if _gfile.isdir(candidate) else None
 
 
-def _same_as_artifact(data_root: Path, what: str, found: list[str], expected: list[str] | None) -> None:
+def _same_as_artifact(data_root: str | Path, what: str, found: list[str], expected: list[str] | None) -> None:
     if expected is not None and list(expected) != list(found):
         raise ArtifactError(
             f"{data_root}: the data has {what} {found}, the preprocessing artifact was built for {list(expected)}; "

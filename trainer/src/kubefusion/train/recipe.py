@@ -65,7 +65,9 @@ def make_prepare(preprocessor: Any, device: torch.device):
     return prepare
 
 
-def data_root(job: JobConfig, artifacts: Path, explicit: Path | None) -> Path:
+def data_root(job: JobConfig, artifacts: Path, explicit: str | Path | None) -> str | Path:
+    """``--data`` when given, else the job's dataset root (a local folder or a URI; the demo data beside the
+    artifacts)."""
     if explicit is not None:
         return explicit
     from kubefusion.preprocess.export import data_root_for
@@ -74,7 +76,7 @@ def data_root(job: JobConfig, artifacts: Path, explicit: Path | None) -> Path:
 
 
 def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtime,
-               data_dir: Path | None = None) -> dict[str, Any]:
+               data_dir: str | Path | None = None) -> dict[str, Any]:
     from kubefusion.data.tokenizer import load_tokenizer
     from kubefusion.preprocess.artifact import TOKENIZER_DIR
     from kubefusion.preprocess.runtime import Preprocessor
