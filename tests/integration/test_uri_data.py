@@ -92,6 +92,15 @@ def test_a_missing_uri_root_is_one_data_error(tmp_path):
         artifact.data_fingerprint(f"ram://{tmp_path.name}/nothing")
 
 
+def test_a_scheme_this_tensorflow_does_not_serve_is_one_data_error_not_a_traceback(capsys):
+    # tensorflow-cpu registers no s3:// file system (tensorflow-io would): the message names the path and why.
+    with pytest.raises(DataError, match=r"s3://bucket/x: cannot read: File system scheme 's3' not implemented"):
+        artifact.data_fingerprint("s3://bucket/x")
+    assert cli.main(["data", "validate", "s3://bucket/x"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: s3://bucket/x/") and "'s3' not implemented" in error and "\n" not in error
+
+
 def test_data_validate_reads_a_uri_and_its_ood_folder(ram_dataset, capsys):
     _, uri = ram_dataset
     assert cli.main(["data", "validate", uri, "--json"]) == 0

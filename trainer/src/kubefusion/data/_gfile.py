@@ -42,16 +42,23 @@ def resolve(root: str | Path, path: str) -> str:
     return join(root, path)
 
 
+# A scheme this TensorFlow does not serve (s3:// without tensorflow-io) or an unreachable store fails on the
+# first look at a path, not only on reads: that must be a one-line DataError too, not a traceback.
+
+
 def exists(path: str) -> bool:
-    return bool(gfile().exists(path))
+    with readable(path):
+        return bool(gfile().exists(path))
 
 
 def isdir(path: str) -> bool:
-    return bool(gfile().isdir(path))
+    with readable(path):
+        return bool(gfile().isdir(path))
 
 
 def listdir(path: str) -> list[str]:
-    return list(gfile().listdir(path))
+    with readable(path):
+        return list(gfile().listdir(path))
 
 
 def open_binary(path: str) -> IO[bytes]:

@@ -134,7 +134,8 @@ def _uri_file_digests(root: str, counted: Callable[[str], bool]) -> list[tuple[s
     """(relative path, sha256, size) of every counted file below the URI ``root``, read through tf.io.gfile."""
     from kubefusion.data import _gfile
 
-    if not _gfile.isdir(root):
+    # exists() first: isdir() answers False, not an error, for a scheme this TensorFlow does not serve.
+    if not (_gfile.exists(root) and _gfile.isdir(root)):
         raise DataError(f"{root}: no such dataset folder (spec.data.path)")
     with _gfile.readable(root):
         names = [rel for rel in _gfile.files_below(root) if counted(rel)]
