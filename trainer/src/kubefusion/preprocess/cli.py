@@ -15,8 +15,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="MultimodalTrainJob YAML file")
     parser.add_argument("--out", required=True, type=Path, help="ARTIFACTS folder (shared by all pods)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="dataset folder to use instead of spec.data.path (e.g. a local copy)")
+    parser.add_argument("--data", type=str, default=None,
+                        help="dataset folder or URI to use instead of spec.data.path (e.g. a local copy)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ARTIFACTS folder written by `kubefusion preprocess`")
     parser.add_argument("--output", required=True, type=Path,
                         help="folder for checkpoints, model.pt, TensorBoard logs and results (resumes from it)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="dataset folder to use instead of spec.data.path (as given to `kubefusion preprocess`)")
+    parser.add_argument("--data", type=str, default=None,
+                        help="dataset folder or URI to use instead of spec.data.path (as given to `kubefusion preprocess`)")
 
 
 def run(args: argparse.Namespace) -> int:
