@@ -35,6 +35,9 @@ def build_parser(defaults: Options) -> argparse.ArgumentParser:
                         help="first retry delay while the PyTorchJob CRD is missing (default %(default)s)")
     parser.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds,
                         help="how often every job is reconciled again (default %(default)s)")
+    parser.add_argument("--default-trainer-image", default=defaults.default_trainer_image,
+                        help="trainer image for jobs without spec.image (env "
+                             f"{ENV_PREFIX}DEFAULT_TRAINER_IMAGE; default: none, such jobs are refused)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every handler step")
     parser.add_argument("--debug", action="store_true", help="log API traffic too")
     return parser
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options.metrics_port, options.metrics_address = args.metrics_port, args.metrics_address
         options.backend_retry_seconds, options.resync_seconds = args.backend_retry_seconds, args.resync_seconds
+        options.default_trainer_image = args.default_trainer_image
         options.__post_init__()
     except ValueError as e:
         print(f"kubefusion-operator: {e}", file=sys.stderr)

@@ -6,7 +6,8 @@ Reconciliation is level-based and idempotent: every run reads the children, adop
 operator restart, a resume or a repeated event never duplicates or clobbers anything. The spec a PyTorchJob
 was built from is kept in its ``kubefusion.io/applied-spec`` annotation: that is what immutable fields are
 compared against (it survives restarts, unlike an in-memory diff) and what tells a user's ``suspend`` change
-from a queue's (Kueue suspends the PyTorchJob itself; the operator does not fight it).
+from a queue's (Kueue suspends the PyTorchJob itself; the operator does not fight it). It holds the image
+resolved: a job without ``spec.image`` keeps the operator's default trainer image of the day it was built.
 
 Handlers are plain functions: kopf runs them in its thread pool, so the blocking client calls in
 :mod:`kubefusion_operator.kube` never block the event loop. Builders, validation and the status mapping are
@@ -26,7 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from kubefusion_operator import api, kube, metrics
 from kubefusion_operator.api import ConditionType, Phase, Reason
-from kubefusion_operator.builders import build_configmap, build_pytorchjob, run_policy_patch
+from kubefusion_operator.builders import build_configmap, build_pytorchjob, run_policy_patch, with_image
 from kubefusion_operator.builders.common import owner_reference
 from kubefusion_operator.options import Options
 from kubefusion_operator.status import phase_of, status_from_pytorchjob
@@ -85,6 +86,8 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.execution.max_workers = OPTIONS.workers
     metrics.serve(OPTIONS.metrics_port, OPTIONS.metrics_address)
     logger.info(f"Serving metrics on {OPTIONS.metrics_address}:{OPTIONS.metrics_port}/metrics")
+    logger.info(f"Jobs without spec.image run {OPTIONS.default_trainer_image}" if OPTIONS.default_trainer_image
+                else "No default trainer image: jobs without spec.image are refused")
 
 
 # ------------------------------------------------------------------------------------------ reconcile
@@ -114,6 +117,10 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
     namespace, name = meta["namespace"], meta["name"]
     try:
         pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
+        applied = _applied_spec(pytorchjob)
+        # Without spec.image a job runs the operator's default trainer image as it was when the PyTorchJob was
+        # built (recorded in the applied spec): changing the default later must not change a job's image.
+        spec = with_image(spec, (applied or {}).get("image") or OPTIONS.default_trainer_image)
         problems = validate_spec(spec, name=name)
         if problems:
             _refuse(job, Reason.INVALID_SPEC, "; ".join(problems), pytorchjob)
@@ -124,18 +131,17 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         if pytorchjob is None and not kube.pytorchjobs_served():
             _backend_unavailable(job, retry=retry)
 
-        if pytorchjob is not None:
-            applied = json.loads((pytorchjob["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
-            changed = immutable_changes(applied, spec) if applied is not None else []
+        if applied is not None:
+            changed = immutable_changes(applied, spec)
             if changed:
                 _refuse(job, Reason.IMMUTABLE_FIELD_CHANGED,
                         f"{', '.join(changed)} cannot change after the job is created; revert the change, or "
                         f"delete the job and create it again", pytorchjob)
 
         created = []
-        if _ensure_configmap(job):
+        if _ensure_configmap(job, spec):
             created.append(f"ConfigMap {api.config_map_name(name)}")
-        pytorchjob, made = _ensure_pytorchjob(job, pytorchjob, retry=retry)
+        pytorchjob, made = _ensure_pytorchjob(job, spec, pytorchjob, retry=retry)
         if made:
             created.append(f"{api.PYTORCHJOB_KIND} {name}")
         _write_status(namespace, name, lambda current: _status(current, _fresh(pytorchjob), applied=True))
@@ -148,6 +154,14 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
             # The API will never accept what the spec makes (a webhook or schema says no): tell the user.
             _refuse(job, CHILD_REJECTED, str(outcome), None)
         raise outcome from e
+
+
+def _applied_spec(pytorchjob: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The spec a PyTorchJob was built from (image resolved), or None without a PyTorchJob or record."""
+    if pytorchjob is None:
+        return None
+    recorded = json.loads((pytorchjob["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _fresh(pytorchjob: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -245,9 +259,10 @@ def _owned_or_adopted(child: dict[str, Any], job: dict[str, Any], kind: str,
     return patch(meta["namespace"], child["metadata"]["name"], {"metadata": {"ownerReferences": adopted}})
 
 
-def _ensure_configmap(job: dict[str, Any]) -> bool:
-    """Create the ConfigMap, or adopt and update it. True when it was created."""
-    desired = build_configmap(job.get("spec") or {}, job["metadata"])
+def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Create the ConfigMap from ``spec`` (the job's, image resolved), or adopt and update it. True when it was
+    created."""
+    desired = build_configmap(spec, job["metadata"])
     namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     existing = _read_or_none(kube.get_configmap, namespace, name)
     if existing is None:
@@ -267,10 +282,11 @@ def _ensure_configmap(job: dict[str, Any]) -> bool:
     return False
 
 
-def _ensure_pytorchjob(job: dict[str, Any], existing: dict[str, Any] | None, *,
+def _ensure_pytorchjob(job: dict[str, Any], spec: dict[str, Any], existing: dict[str, Any] | None, *,
                        retry: int) -> tuple[dict[str, Any], bool]:
-    """Create the PyTorchJob, or adopt it and apply changes of the mutable run policy."""
-    spec, meta = job.get("spec") or {}, job["metadata"]
+    """Create the PyTorchJob from ``spec`` (the job's, image resolved), or adopt it and apply changes of the
+    mutable run policy. The applied-spec annotation records ``spec`` with its resolved image."""
+    meta = job["metadata"]
     applied = json.dumps(spec, sort_keys=True)
     if existing is None:
         desired = build_pytorchjob(spec, meta)
@@ -286,7 +302,7 @@ def _ensure_pytorchjob(job: dict[str, Any], existing: dict[str, Any] | None, *,
                 raise
             existing = kube.get_pytorchjob(meta["namespace"], meta["name"])
     existing = _owned_or_adopted(existing, job, api.PYTORCHJOB_KIND, kube.patch_pytorchjob)
-    previous = json.loads((existing["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
+    previous = _applied_spec(existing)
     if previous == spec:
         return existing, False
     patch = run_policy_patch(spec)

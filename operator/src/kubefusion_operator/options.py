@@ -30,6 +30,10 @@ class Options:
     """Server-side timeout of kopf's watch requests; kopf reconnects after it (a stuck watch heals)."""
     workers: int = 10
     """Threads for the blocking API calls of the handlers (kopf's sync-handler executor)."""
+    default_trainer_image: str = ""
+    """Trainer image for jobs that leave ``spec.image`` out (the Helm chart sets it from ``trainer.image``).
+    Empty: no default, and such jobs are refused. A job keeps the image it was first built with; changing this
+    later only affects jobs created afterwards."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.metrics_port <= 65535:
@@ -38,6 +42,9 @@ class Options:
                      "watch_timeout_seconds", "workers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}: must be > 0 (got {getattr(self, name)})")
+        if any(c.isspace() for c in self.default_trainer_image):
+            raise ValueError(f"{ENV_PREFIX}DEFAULT_TRAINER_IMAGE: an image reference has no whitespace "
+                             f"(got {self.default_trainer_image!r})")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Options:

@@ -15,6 +15,7 @@ from typing import Any
 from kubefusion_operator.api import BUILTIN_PREFIX, URI_RE
 from kubefusion_operator.builders.defaults import with_defaults
 from kubefusion_operator.builders.fields import SPEC_FIELDS, VOLUME_FIELDS, Field
+from kubefusion_operator.options import ENV_PREFIX
 
 MAX_NAME_LENGTH = 50
 """Kubeflow names each replica's Service ``<job>-worker-<index>``; a Service name is a DNS-1035 label of at
@@ -29,12 +30,22 @@ VOLUME_TYPES = frozenset({
 })
 """The volume source fields of a core/v1 ``Volume`` (a typo such as ``persistentVolumeClam`` is refused)."""
 
+HOW_TO_PROVIDE = {
+    "spec.image": ("name the trainer image in the job, or give the operator a default trainer image: Helm values "
+                   "trainer.image.repository and trainer.image.tag, or the operator's "
+                   f"{ENV_PREFIX}DEFAULT_TRAINER_IMAGE environment variable (--default-trainer-image)"),
+}
+"""What a user can do about a required field that is missing, beyond writing it (appended to the message)."""
+
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 def validate_spec(spec: Any, *, name: str | None = None) -> list[str]:
     """Problems with a MultimodalTrainJob spec, one message per problem (empty when it can run).
+
+    ``spec.image`` is checked as given: resolve the operator's default first
+    (:func:`kubefusion_operator.builders.with_image`); a missing image's message says how to set that default.
 
     Checks types, required fields, bounds, enums and unknown fields against the same table the defaults come
     from, then the cross-field rules: ``validationFraction + testFraction < 1``, attention fusion's
@@ -94,7 +105,8 @@ def _check_object(table: dict[str, Any], obj: dict[str, Any], path: str, problem
                 _check_object(node, value, where, problems)
         elif key not in obj:
             if node.required:
-                problems.append(f"{where}: is required")
+                how = HOW_TO_PROVIDE.get(where)
+                problems.append(f"{where}: is required" + (f"; {how}" if how else ""))
         else:
             _check_value(node, obj[key], where, problems)
 

@@ -12,7 +12,7 @@ import yaml
 from kubefusion import config as trainer_config
 from kubefusion_operator import api
 from kubefusion_operator.builders import (build_configmap, build_pytorchjob, run_policy_patch, with_defaults,
-                                         world_size)
+                                         with_image, world_size)
 from kubefusion_operator.validation import validate_spec
 
 K8S_VERSION = "1.37.0"
@@ -256,6 +256,35 @@ def test_defaults_are_explicit_in_the_job_yaml_and_match_the_trainer(meta):
     document = yaml.safe_load(build_configmap({"image": "x"}, meta)["data"]["job.yaml"])
     trainer_defaults = trainer_config.job_to_dict(trainer_config.JobConfig(name="products", namespace="ml-team"))
     assert_subset(document["spec"], {**trainer_defaults["spec"], "image": "x"}, "spec")
+
+
+DEFAULT_IMAGE = "registry.example.com/ml/kubefusion-trainer:2026.11.1"
+
+
+def test_a_job_without_image_runs_the_operators_default_in_both_containers_and_the_job_yaml(meta):
+    spec = with_image({"data": {"path": "gs://datasets/products"}}, DEFAULT_IMAGE)
+    assert validate_spec(spec) == []
+    for template in templates(build_pytorchjob(spec, meta)):
+        assert container(template, api.PREPROCESS_CONTAINER)["image"] == DEFAULT_IMAGE
+        assert container(template, api.TRAINER_CONTAINER)["image"] == DEFAULT_IMAGE
+    assert trainer_job(build_configmap(spec, meta)).image == DEFAULT_IMAGE  # what ran, in one file
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({}, DEFAULT_IMAGE),
+    ({"image": None}, DEFAULT_IMAGE),  # null counts as absent, as in CRD defaulting
+    ({"image": "mine:1"}, "mine:1"),  # the job's own image wins
+    ({"image": ""}, ""),  # left for validation to refuse, not silently replaced
+])
+def test_with_image_fills_only_a_missing_image(spec, expected):
+    assert with_image(spec, DEFAULT_IMAGE)["image"] == expected
+
+
+def test_with_image_without_a_default_leaves_the_spec_as_written():
+    spec = {"data": {"path": "gs://b/p"}}
+    assert with_image(spec, None) == with_image(spec, "") == spec
+    assert with_image(spec, DEFAULT_IMAGE) == {**spec, "image": DEFAULT_IMAGE}
+    assert spec == {"data": {"path": "gs://b/p"}}  # the input is not modified
 
 
 def test_builders_do_not_modify_their_input(example_job, meta):

@@ -112,7 +112,9 @@ def _json(schema):
 def test_schema_is_structural(root_schema):
     assert _structural_problems(root_schema, "") == []
     assert root_schema["properties"]["metadata"] == {"type": "object"}  # only name rules, via CEL
-    assert root_schema["required"] == ["spec"] and root_schema["properties"]["spec"]["required"] == ["image"]
+    assert root_schema["required"] == ["spec"]
+    # image may be left to the operator's default trainer image; the operator refuses a job with neither
+    assert "required" not in root_schema["properties"]["spec"]
 
 
 def test_every_field_has_a_description_for_kubectl_explain(root_schema):
@@ -357,9 +359,14 @@ def _changed_value(path: str, node: Field, current: Any) -> Any:
     }[node.kind]()
 
 
+IMAGE_PRESENCE_RULE = "has(self.image) == has(oldSelf.image)"
+"""On spec: ``self == oldSelf`` on ``spec.image`` only runs when both sides have an image, so adding or removing
+one needs a rule a level up."""
+
+
 def _transition_rules(root_schema, all_cel_rules):
     return [(path.removeprefix(".spec."), schema, rule) for path, schema, rule in all_cel_rules
-            if "oldSelf" in rule["rule"]]
+            if "oldSelf" in rule["rule"] and rule["rule"] != IMAGE_PRESENCE_RULE]
 
 
 @pytest.mark.parametrize("path, node", leaves(), ids=[p for p, _ in leaves()])
@@ -396,6 +403,23 @@ def test_transition_rules_sit_on_every_immutable_section(root_schema, all_cel_ru
     assert with_rule == immutable_sections
     for _, _, rule in _transition_rules(root_schema, all_cel_rules):
         assert rule["rule"] == "self == oldSelf" and "immutable" in rule["message"]
+
+
+@pytest.mark.parametrize("old, new, allowed", [
+    ({}, {}, True),
+    (BASE, BASE, True),
+    ({}, BASE, False),  # adding an image to a job running the operator's default would change its image
+    (BASE, {}, False),
+])
+def test_image_cannot_be_added_or_removed_after_creation(old, new, allowed, spec_schema, cel):
+    (rule,) = [r for r in spec_schema["x-kubernetes-validations"] if r["rule"] == IMAGE_PRESENCE_RULE]
+    assert cel(rule["rule"], spec_schema, new, old) is allowed
+    assert rule["fieldPath"] == ".image" and "immutable" in rule["message"]
+
+
+def test_a_spec_without_image_passes_the_crd(crd_errors):
+    assert crd_errors({"data": {"path": "gs://datasets/products"}}) == []
+    assert any(e.startswith("spec.image") for e in crd_errors({"image": ""}))
 
 
 def test_every_spec_field_is_in_the_reference_docs():

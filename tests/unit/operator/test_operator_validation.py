@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubefusion_operator.builders import with_defaults
+from kubefusion_operator.builders import with_defaults, with_image
 from kubefusion_operator.validation import immutable_changes, validate_spec
 
 BASE = {"image": "registry.example.com/kubefusion-trainer:0.1.0"}
@@ -72,6 +72,27 @@ def test_uris_and_builtin_data_need_no_volume(path):
 
 def test_a_local_path_on_a_volume_is_fine():
     assert validate_spec({**BASE, "data": {"path": "products/", "source": PVC}}) == []
+
+
+def test_a_missing_image_says_how_to_give_the_operator_a_default():
+    (problem,) = validate_spec({"data": {"path": "gs://datasets/products"}})
+    assert problem.startswith("spec.image: is required")
+    for how in ("trainer.image.repository", "trainer.image.tag", "KUBEFUSION_OPERATOR_DEFAULT_TRAINER_IMAGE",
+                "--default-trainer-image"):
+        assert how in problem
+
+
+def test_the_operators_default_image_makes_a_job_without_image_valid():
+    spec = {"data": {"path": "gs://datasets/products"}}
+    assert validate_spec(with_image(spec, "registry.example.com/ml/kubefusion-trainer:0.1.0")) == []
+    assert validate_spec(with_image(spec, None)) != []
+
+
+def test_a_changed_default_is_no_change_for_a_job_that_recorded_its_image():
+    """The handler resolves a job's missing image from the applied spec first, so the job stays as built."""
+    applied = with_image({}, "trainer:1")
+    assert immutable_changes(applied, with_image({}, applied["image"])) == []
+    assert immutable_changes(applied, with_image({"image": "trainer:2"}, "trainer:1")) == ["spec.image"]
 
 
 def test_all_problems_are_reported_at_once():

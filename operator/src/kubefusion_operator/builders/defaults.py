@@ -8,8 +8,22 @@ from typing import Any
 from kubefusion_operator.builders.fields import SPEC_FIELDS
 
 
+def with_image(spec: dict[str, Any] | None, default_image: str | None) -> dict[str, Any]:
+    """``spec`` (a shallow copy) with ``image`` set to ``default_image`` when it has none (absent or null).
+
+    The operator's default trainer image is the one default the CRD cannot hold: it is a setting of the
+    operator (the Helm value ``trainer.image``), so the caller passes it in. Nothing else is defaulted here,
+    so the result is still the spec as written, fit to record as what the children were built from.
+    """
+    spec = dict(spec or {})
+    if spec.get("image") is None and default_image:
+        spec["image"] = default_image
+    return spec
+
+
 def with_defaults(spec: dict[str, Any] | None) -> dict[str, Any]:
-    """A deep copy of ``spec`` with every absent field set to its default.
+    """A deep copy of ``spec`` with every absent field set to its default (``image`` has none: see
+    :func:`with_image`).
 
     Mirrors structural-schema defaulting: known objects default to ``{}`` so their children default too, an
     explicit ``null`` on a non-nullable field counts as absent, fields without a default stay absent, and

@@ -29,6 +29,8 @@ class Field:
     enum: tuple[str, ...] = ()
     nullable: bool = False
     required: bool = False
+    """The job cannot run without it. Not the CRD's ``required``: ``image`` may be left out of a job and still
+    be present by validation time, filled in from the operator's default trainer image (``with_image``)."""
     min_length: int | None = None
     pattern: str | None = None
     items: Field | None = None
