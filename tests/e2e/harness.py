@@ -126,18 +126,20 @@ def job_body(name: str, *, nodes: int = 2, gpus: int = 4, suspend: bool = False,
 class OperatorProcess:
     """The real ``kubefusion-operator`` console script, against the emulator, as a subprocess."""
 
-    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
         """``kubeconfig``: the operator's credentials (an RBAC-restricted token, or the admin one); ``args``:
-        more command-line flags (``--namespace``)."""
-        self.kubeconfig, self.log, self.args = kubeconfig, log, args
+        more command-line flags (``--namespace``); ``env``: ``KUBEFUSION_OPERATOR_*`` settings, as the
+        Deployment sets them (none is inherited from the test's own environment)."""
+        self.kubeconfig, self.log, self.args, self.env = kubeconfig, log, args, dict(env or {})
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> None:
         script = shutil.which('kubefusion-operator', path=str(Path(sys.executable).parent)) or 'kubefusion-operator'
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), NO_PROXY='127.0.0.1',
-                   KUBEFUSION_OPERATOR_BACKEND_RETRY_MAX_SECONDS='1')
+        env = {k: v for k, v in os.environ.items() if not k.startswith('KUBEFUSION_OPERATOR_')}
+        env.update(KUBECONFIG=str(self.kubeconfig), NO_PROXY='127.0.0.1',
+                   KUBEFUSION_OPERATOR_BACKEND_RETRY_MAX_SECONDS='1', **self.env)
         with self.log.open('ab') as log:
             self.process = subprocess.Popen(
                 [script, '--liveness', f'http://127.0.0.1:{self.liveness_port}/healthz',

@@ -172,6 +172,59 @@ def test_invalid_spec_is_refused_with_a_condition(cluster: Cluster, operator: Op
     assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="InvalidSpec"}'] >= 1
 
 
+TRAINER_DEFAULT = 'registry.example.com/ml/kubefusion-trainer:2026.11.1'
+
+
+def images(pytorchjob: dict[str, Any]) -> set[str]:
+    return {c['image'] for replica in pytorchjob['spec']['pytorchReplicaSpecs'].values()
+            for c in replica['template']['spec']['containers'] + replica['template']['spec']['initContainers']}
+
+
+@pytest.mark.slow
+def test_job_without_image_runs_the_operators_default_and_keeps_it(cluster: Cluster, kubeconfig: Path,
+                                                                  tmp_path: Path) -> None:
+    operator = OperatorProcess(kubeconfig, tmp_path / 'operator.log',
+                               env={'KUBEFUSION_OPERATOR_DEFAULT_TRAINER_IMAGE': TRAINER_DEFAULT})  # as the chart
+    operator.start()
+    try:
+        body = job_body('imageless')
+        del body['spec']['image']
+        cluster.create_job(body)
+        pytorchjob, configmap = children(cluster, 'imageless')
+        assert images(pytorchjob) == {TRAINER_DEFAULT}
+        assert yaml.safe_load(configmap.data['job.yaml'])['spec']['image'] == TRAINER_DEFAULT
+        assert 'image' not in cluster.job('imageless')['spec']  # the user's spec is left as written
+        wait_for(lambda: condition(cluster.job('imageless'), 'SpecValid').get('status') == 'True', what='SpecValid')
+
+        # A new default (a chart upgrade) serves new jobs; the running one keeps the image it started with.
+        operator.stop()
+        operator.args = ('--default-trainer-image', 'registry.example.com/ml/kubefusion-trainer:2027.1.0')
+        operator.start()
+        body['metadata']['name'] = 'later'
+        cluster.create_job(body)
+        assert images(children(cluster, 'later')[0]) == {'registry.example.com/ml/kubefusion-trainer:2027.1.0'}
+        time.sleep(3.5)  # a resync period: the first job was reconciled with the new default in place
+        assert images(cluster.pytorchjob('imageless')) == {TRAINER_DEFAULT}
+        assert condition(cluster.job('imageless'), 'SpecValid').get('status') == 'True'
+        configmap = cluster.core.read_namespaced_config_map('imageless-config', NAMESPACE)
+        assert yaml.safe_load(configmap.data['job.yaml'])['spec']['image'] == TRAINER_DEFAULT
+    finally:
+        operator.stop()
+
+
+def test_job_without_image_and_without_a_default_is_refused(cluster: Cluster, operator: OperatorProcess) -> None:
+    body = job_body('imageless')
+    del body['spec']['image']
+    cluster.create_job(body)
+    refused = wait_for(lambda: (c := condition(cluster.job('imageless'), 'SpecValid')).get('status') == 'False' and c,
+                       what='InvalidSpec')
+    assert refused['reason'] == 'InvalidSpec'
+    assert refused['message'].startswith('spec.image: is required')
+    assert 'trainer.image.repository' in refused['message']
+    assert 'KUBEFUSION_OPERATOR_DEFAULT_TRAINER_IMAGE' in refused['message']
+    assert cluster.pytorchjobs() == [] and cluster.configmaps() == []
+
+
 def test_immutable_change_is_refused_and_reverting_clears_it(cluster: Cluster, operator: OperatorProcess) -> None:
     cluster.create_job(job_body('fixed'))
     children(cluster, 'fixed')
