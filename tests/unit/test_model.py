@@ -114,3 +114,62 @@ def test_checkpoint_rebuilds_the_model_without_any_backbone_source(tmp_path):
     x = inputs()
     assert torch.equal(loaded(**x), model(**x))
     assert build_from_info(info).describe() == model.describe()
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A local folder with a tiny ViT config: a non-ResNet vision backbone that has a dense pooler."""
+    from transformers import ViTConfig
+
+    folder = tmp_path_factory.mktemp("vit-tiny")
+    ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+              intermediate_size=32).save_pretrained(folder)
+    return str(folder)
+
+
+def assert_every_trainable_parameter_has_a_gradient(model):
+    model.train()
+    model(**inputs()).sum().backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+# DDP fails on its second step when any trainable parameter got no gradient on the first.
+@pytest.mark.parametrize("text_pooling", ["cls", "mean"])
+@pytest.mark.parametrize("vision_pooling", ["attention", "mean"])
+@pytest.mark.parametrize("vision", ["builtin:resnet-tiny", "vit"])
+def test_every_encoder_parameter_gets_a_gradient(vision, vision_pooling, text_pooling, tiny_vit):
+    spec = tiny_spec("concat")
+    spec.vision.backbone = tiny_vit if vision == "vit" else vision
+    spec.vision.pooling, spec.text.pooling = vision_pooling, text_pooling
+    torch.manual_seed(0)
+    assert_every_trainable_parameter_has_a_gradient(build_model(spec, num_classes=3, num_numeric_features=F))
+
+
+@pytest.mark.parametrize("modalities", [("image", "text", "numeric"), ("image",), ("text",), ("numeric",)])
+@pytest.mark.parametrize("fusion", ["concat", "gated", "attention"])
+def test_every_fusion_parameter_gets_a_gradient(fusion, modalities, tiny_vit):
+    spec = tiny_spec(fusion, modality_dropout=0.5)
+    spec.vision.backbone, spec.vision.pooling, spec.text.pooling = tiny_vit, "mean", "mean"
+    torch.manual_seed(0)
+    assert_every_trainable_parameter_has_a_gradient(
+        build_model(spec, num_classes=3, num_numeric_features=F, modalities=modalities))
+
+
+def test_a_frozen_backbone_keeps_its_batchnorm_statistics_while_the_model_trains():
+    from kubefusion.train.optim import build_optimizer, freeze_backbones
+
+    spec = tiny_spec()
+    spec.vision.freeze = True
+    model = build_model(spec, num_classes=3, num_numeric_features=F)
+    freeze_backbones(model, spec)
+    model.train()
+    backbone = model.encoders["image"].backbone
+    assert not backbone.training and model.encoders["image"].project.training
+    before = {k: v.clone() for k, v in backbone.state_dict().items() if "running" in k}
+    assert before
+    optimizer = build_optimizer(model, spec, cfg.TrainingConfig())
+    model(**inputs()).sum().backward()
+    optimizer.step()
+    after = backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

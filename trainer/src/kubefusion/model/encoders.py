@@ -37,14 +37,38 @@ class AttentionPool(nn.Module):
         return torch.einsum("bn,bnc->bc", weights, tokens)
 
 
-class VisionEncoder(nn.Module):
+class _BackboneEncoder(nn.Module):
+    """An encoder around a Hugging Face ``backbone`` that can be frozen.
+
+    A frozen backbone stays in eval mode even while the model trains: its BatchNorm statistics would otherwise
+    drift with every batch and its dropout would stay on, so "frozen" weights would still change behaviour."""
+
+    backbone: nn.Module
+    frozen: bool
+
+    def freeze_backbone(self) -> None:
+        self.frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+
+class VisionEncoder(_BackboneEncoder):
     def __init__(self, spec: VisionConfig, embed_dim: int, saved_config: dict | None = None):
         super().__init__()
         self.backbone = load_backbone(spec.backbone, pretrained=spec.pretrained, field="spec.model.vision.backbone",
                                       saved_config=saved_config)
-        if hasattr(self.backbone, "pooler") and spec.pooling == "attention":
-            # ResNetModel's global average pool would be dead weight (and an unused output) beside ours.
+        if getattr(self.backbone, "pooler", None) is not None:
+            # We pool last_hidden_state ourselves (attention or mean), so the backbone's own pooler is dead
+            # weight: a ViT's dense pooler would get no gradient, which DDP rejects on the next step. Identity,
+            # not None: ResNetModel calls its pooler unconditionally.
             self.backbone.pooler = nn.Identity()
+        self.frozen = False
         width = _hidden_width(self.backbone.config)
         self.pool = AttentionPool(width) if spec.pooling == "attention" else None
         self.project = nn.Sequential(nn.Linear(width, embed_dim), nn.LayerNorm(embed_dim))
@@ -57,12 +81,13 @@ class VisionEncoder(nn.Module):
         return self.project(pooled)
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(_BackboneEncoder):
     def __init__(self, spec: TextConfig, embed_dim: int, saved_config: dict | None = None):
         super().__init__()
         self.backbone = load_backbone(spec.backbone, pretrained=spec.pretrained, field="spec.model.text.backbone",
                                       saved_config=saved_config)
         self.pooling = spec.pooling
+        self.frozen = False
         if spec.pooling == "mean" and getattr(self.backbone, "pooler", None) is not None:
             # An unused pooler would leave parameters without gradients, which DDP rejects.
             self.backbone.pooler = None

@@ -3,7 +3,7 @@
 Groups: pretrained backbones train at ``learning_rate * encoder_lr_multiplier`` (they already know a lot and
 large steps would erase it); everything trained from scratch (random-init backbones, pooling, projections,
 fusion, head) at ``learning_rate``. Biases and normalisation weights get no weight decay. Frozen backbones
-are left out entirely.
+are left out entirely and stay in eval mode while the rest trains (no BatchNorm drift, no dropout).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def freeze_backbones(model: MultimodalClassifier, spec: ModelConfig) -> None:
     frozen = {"image": spec.vision.freeze, "text": spec.text.freeze}
     for modality, encoder in model.encoders.items():
         if frozen.get(modality) and hasattr(encoder, "backbone"):
-            encoder.backbone.requires_grad_(False)
+            encoder.freeze_backbone()
 
 
 def build_optimizer(model: MultimodalClassifier, spec: ModelConfig, training: TrainingConfig) -> torch.optim.AdamW:
