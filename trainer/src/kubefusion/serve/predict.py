@@ -3,10 +3,10 @@
 Serves from the folder ``kubefusion export`` wrote, with onnxruntime, the ``tokenizers`` library, PIL and
 numpy only: neither torch nor TensorFlow is imported (a test runs this command under an import blocker).
 
-Images: PIL decodes the file to RGB and, when it is not already ``imageSize`` square, resizes it with
-antialiased bilinear filtering and rounds to uint8, which is what the training pipeline's TensorFlow decode
-(:func:`kubefusion.data.images.decode_image_file`) does; the two agree to a grey level or so on photographs
-(tested) and exactly on images already at the size (the demo data). The uint8 pixels then go through the
+Images: PIL decodes the file to RGB and, when it is not already ``imageSize`` square,
+:func:`kubefusion.serve.images.resize_like_training` resizes it with TensorFlow's antialiased bilinear
+arithmetic in numpy and rounds to uint8, which is what the training pipeline's TensorFlow decode
+(:func:`kubefusion.data.images.decode_image_file`) does; the pixels are identical on the photographs (tested). The uint8 pixels then go through the
 exported preprocessing graph, like in training. Feeding the full-size image to the graph instead would use its
 plain bilinear resize, which aliases on large downscales and would not match training.
 
@@ -29,6 +29,7 @@ import numpy as np
 from kubefusion.errors import ArtifactError, DataError, UserError
 from kubefusion.preprocess import artifact
 from kubefusion.preprocess.runtime import Preprocessor
+from kubefusion.serve.images import decode_image
 
 MODEL_FILE = "model.onnx"
 MODEL_INFO = "model.json"
@@ -174,23 +175,6 @@ def parse_numeric(value: str, columns: Sequence[str]) -> np.ndarray:
             if not np.isfinite(out[i]):
                 raise UserError(f"--numeric: {column} = {cell!r} is not finite")
     return out
-
-
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """PIL decode + antialiased bilinear resize to ``size`` square, uint8 [size, size, 3] (see the module doc)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.seek(0)
-            rgb = img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot decode image: {exc}") from None
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 # ------------------------------------------------------------------------------- dataset without TF
