@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-LABELS = {"namespace": "team-a", "job_name": "scrape-demo", "rank": "0"}
+# baselines are off: the only stage is the fused model.
+LABELS = {"namespace": "team-a", "job_name": "scrape-demo", "rank": "0", "stage": "fused"}
 
 
 def free_port() -> int:

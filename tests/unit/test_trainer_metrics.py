@@ -14,6 +14,8 @@ from kubefusion.errors import UserError
 from kubefusion.train.metrics import TrainerMetrics
 
 LABELS = {"namespace": "team-a", "job_name": "products", "rank": "3"}
+# Calls that name no stage record the fused model's (the API before stages existed).
+FUSED = {"stage": "fused"}
 
 
 def free_port() -> int:
@@ -37,7 +39,7 @@ def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(series, name: str, **extra: str) -> float:
-    return series[(name, tuple(sorted({**LABELS, **extra}.items())))]
+    return series[(name, tuple(sorted({**LABELS, **FUSED, **extra}.items())))]
 
 
 def two_steps(metrics: TrainerMetrics) -> None:
@@ -72,6 +74,7 @@ def test_scrape_over_http_shows_every_series_with_job_labels():
     assert value(series, "kubefusion_trainer_accuracy", split="validation") == 0.75
     assert value(series, "kubefusion_trainer_eval_loss", split="validation") == 0.5
     assert before <= value(series, "kubefusion_trainer_last_step_timestamp_seconds") <= time.time()
+    assert before <= value(series, "kubefusion_trainer_last_eval_timestamp_seconds") <= time.time()
     # The data-wait fraction of docs/architecture.md, computed from the scraped counters.
     fraction = (value(series, "kubefusion_trainer_data_wait_seconds_total")
                 / value(series, "kubefusion_trainer_step_seconds_sum"))
@@ -94,9 +97,9 @@ def test_several_instances_in_one_process_do_not_collide():
     first.observe_step(1.0, 0.0, 8, 1.0, 0.1, 0, 1)
     second.observe_step(1.0, 0.0, 16, 1.0, 0.1, 0, 1)
     assert first.registry.get_sample_value(
-        "kubefusion_trainer_samples_total", {"namespace": "ns", "job_name": "job", "rank": "0"}) == 8
+        "kubefusion_trainer_samples_total", {"namespace": "ns", "job_name": "job", "rank": "0", **FUSED}) == 8
     assert second.registry.get_sample_value(
-        "kubefusion_trainer_samples_total", {"namespace": "ns", "job_name": "job", "rank": "1"}) == 16
+        "kubefusion_trainer_samples_total", {"namespace": "ns", "job_name": "job", "rank": "1", **FUSED}) == 16
 
 
 def test_close_frees_the_port_for_the_next_run():
@@ -119,12 +122,51 @@ def test_port_in_use_is_a_user_error_naming_the_port():
 
 def test_throughput_is_over_recent_steps_not_the_whole_run():
     metrics = TrainerMetrics("ns", "job", 0, None)
-    labels = {"namespace": "ns", "job_name": "job", "rank": "0"}
+    labels = {"namespace": "ns", "job_name": "job", "rank": "0", **FUSED}
     for step in range(30):  # 30 s of slow steps: 10 samples/s
         metrics.observe_step(1.0, 0.0, 10, 1.0, 0.1, 0, step)
     for step in range(30, 60):  # then 30 s at 100 samples/s
         metrics.observe_step(1.0, 0.0, 100, 1.0, 0.1, 0, step)
     assert metrics.registry.get_sample_value("kubefusion_trainer_samples_per_second", labels) == 100
+
+
+def test_each_stage_keeps_its_own_series_while_the_next_one_trains():
+    """With baselines on, one process trains the fused model and then three baselines, each from step 0: a
+    baseline's steps must neither overwrite nor be added to the fused model's series."""
+    metrics = TrainerMetrics("ns", "job", 0, None)
+    labels = {"namespace": "ns", "job_name": "job", "rank": "0"}
+    get = metrics.registry.get_sample_value
+    for step in range(1, 11):
+        metrics.observe_step(1.0, 0.25, 8, 2.0, 1e-3, epoch=2, step=step)  # no stage: the fused model
+    metrics.observe_eval("test", accuracy=0.9, loss=0.3)
+    metrics.observe_step(1.0, 0.5, 4, 3.0, 5e-4, epoch=0, step=1, accuracy=0.5, stage="baseline-image")
+    metrics.observe_eval("test", accuracy=0.6, loss=1.1, stage="baseline-image")
+
+    fused, image = {**labels, "stage": "fused"}, {**labels, "stage": "baseline-image"}
+    assert (get("kubefusion_trainer_step", fused), get("kubefusion_trainer_step", image)) == (10, 1)
+    assert (get("kubefusion_trainer_epoch", fused), get("kubefusion_trainer_epoch", image)) == (2, 0)
+    assert (get("kubefusion_trainer_samples_total", fused), get("kubefusion_trainer_samples_total", image)) == (80, 4)
+    assert get("kubefusion_trainer_data_wait_seconds_total", image) == 0.5
+    assert get("kubefusion_trainer_step_seconds_count", image) == 1
+    assert (get("kubefusion_trainer_loss", fused), get("kubefusion_trainer_loss", image)) == (2.0, 3.0)
+    assert get("kubefusion_trainer_accuracy", {**fused, "split": "test"}) == 0.9
+    assert get("kubefusion_trainer_accuracy", {**image, "split": "test"}) == 0.6
+    assert get("kubefusion_trainer_accuracy", {**image, "split": "train"}) == 0.5
+    assert get("kubefusion_trainer_eval_loss", {**image, "split": "test"}) == 1.1
+    assert get("kubefusion_trainer_last_step_timestamp_seconds", image) >= get(
+        "kubefusion_trainer_last_step_timestamp_seconds", fused)
+    # The new model's throughput is its own: 4 samples in 1 s, not averaged with the fused model's 8/s.
+    assert get("kubefusion_trainer_samples_per_second", image) == 4
+    # Series that belong to the process, not to a model, carry no stage.
+    assert get("kubefusion_trainer_samples_total", labels) is None
+
+
+def test_stage_must_be_named():
+    metrics = TrainerMetrics("ns", "job", 0, None)
+    with pytest.raises(ValueError, match="stage"):
+        metrics.observe_step(1.0, 0.0, 1, 0.0, 0.1, 0, 1, stage="")
+    with pytest.raises(ValueError, match="stage"):
+        metrics.observe_eval("test", 0.5, 1.0, stage="")
 
 
 def test_negative_durations_are_rejected():

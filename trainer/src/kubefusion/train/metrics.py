@@ -2,7 +2,10 @@
 
 Every rank serves its own registry on ``spec.monitoring.metricsPort + LOCAL_RANK`` so that the PodMonitor
 scrapes each rank separately (container ports ``metrics-0`` .. ``metrics-<gpusPerNode-1>``). Every series
-carries ``namespace``, ``job_name`` and ``rank``; ``job`` is left to Prometheus (it is its target label).
+carries ``namespace``, ``job_name`` and ``rank``; ``job`` is left to Prometheus (it is its target label). The
+per-step and evaluation series also carry ``stage`` (``fused``, ``baseline-image``, ``baseline-text``,
+``baseline-numeric``): with baselines on, one process trains four models one after another, each counting its
+steps and epochs from 0.
 
 The registry is private to each :class:`TrainerMetrics`, never the process-global one, so that several can
 live in one process (tests, a single-process multi-rank run) without "Duplicated timeseries" errors.
@@ -55,38 +58,44 @@ class TrainerMetrics:
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._window_seconds = 0.0
         self._window_samples = 0
+        self._window_stage = ""
         values = (namespace, job_name, str(self.rank))
         reg = self.registry
+        staged = LABELS + ("stage",)
 
-        def child(metric: Any) -> Any:
-            return metric.labels(*values)
-
-        self._step_seconds = child(Histogram(
+        self._step_seconds = Histogram(
             "kubefusion_trainer_step_seconds", "Wall time of one optimizer step, data wait included.",
-            LABELS, registry=reg, buckets=STEP_SECONDS_BUCKETS))
-        self._data_wait = child(Counter(
-            "kubefusion_trainer_data_wait_seconds", "Time spent waiting for the next batch.", LABELS, registry=reg))
-        self._samples = child(Counter(
-            "kubefusion_trainer_samples", "Samples processed by this rank.", LABELS, registry=reg))
-        self._samples_per_second = child(Gauge(
+            staged, registry=reg, buckets=STEP_SECONDS_BUCKETS)
+        self._data_wait = Counter(
+            "kubefusion_trainer_data_wait_seconds", "Time spent waiting for the next batch.", staged, registry=reg)
+        self._samples = Counter(
+            "kubefusion_trainer_samples", "Samples processed by this rank.", staged, registry=reg)
+        self._samples_per_second = Gauge(
             "kubefusion_trainer_samples_per_second",
             f"Samples per second of this rank over the last ~{THROUGHPUT_WINDOW_SECONDS:g} s of steps.",
-            LABELS, registry=reg))
-        self._loss = child(Gauge(
-            "kubefusion_trainer_loss", "Training loss (last logging window).", LABELS, registry=reg))
+            staged, registry=reg)
+        self._loss = Gauge(
+            "kubefusion_trainer_loss", "Training loss of the last observed step (this rank's batch).",
+            staged, registry=reg)
         self._accuracy = Gauge(
-            "kubefusion_trainer_accuracy", "Accuracy on split train (window), validation or test.",
-            LABELS + ("split",), registry=reg)
+            "kubefusion_trainer_accuracy",
+            "Accuracy on split train (last observed step) or at the last evaluation of validation, test, ood.",
+            staged + ("split",), registry=reg)
         self._eval_loss = Gauge(
-            "kubefusion_trainer_eval_loss", "Loss of the last evaluation of a split (validation, test).",
-            LABELS + ("split",), registry=reg)
-        self._learning_rate = child(Gauge(
-            "kubefusion_trainer_learning_rate", "Current peak learning rate.", LABELS, registry=reg))
-        self._epoch = child(Gauge("kubefusion_trainer_epoch", "Current epoch.", LABELS, registry=reg))
-        self._step = child(Gauge("kubefusion_trainer_step", "Optimizer steps finished.", LABELS, registry=reg))
-        self._last_step = child(Gauge(
-            "kubefusion_trainer_last_step_timestamp_seconds", "Unix time of the last finished step.",
-            LABELS, registry=reg))
+            "kubefusion_trainer_eval_loss", "Loss of the last evaluation of a split (validation, test, ood).",
+            staged + ("split",), registry=reg)
+        self._learning_rate = Gauge(
+            "kubefusion_trainer_learning_rate", "Current peak learning rate.", staged, registry=reg)
+        self._epoch = Gauge("kubefusion_trainer_epoch", "Current epoch of the stage.", staged, registry=reg)
+        self._step = Gauge("kubefusion_trainer_step", "Optimizer steps finished in the stage.", staged,
+                           registry=reg)
+        self._last_step = Gauge(
+            "kubefusion_trainer_last_step_timestamp_seconds", "Unix time of the last finished step of the stage.",
+            staged, registry=reg)
+        self._last_eval = Gauge(
+            "kubefusion_trainer_last_eval_timestamp_seconds",
+            "Unix time of the last finished evaluation of the stage (any split).", staged, registry=reg)
+        # The process's device, whichever stage runs: no stage label.
         self._gpu_memory = Gauge(
             "kubefusion_trainer_gpu_memory_bytes", "CUDA memory of this rank's device (allocated, reserved).",
             LABELS + ("kind",), registry=reg)
@@ -122,31 +131,44 @@ class TrainerMetrics:
         return self
 
     def observe_step(self, step_seconds: float, data_wait_seconds: float, samples: int, loss: float,
-                     learning_rate: float, epoch: int, step: int, accuracy: float | None = None) -> None:
-        """Record one optimizer step (or one logging window of steps: the counters add up either way)."""
+                     learning_rate: float, epoch: int, step: int, accuracy: float | None = None, *,
+                     stage: str = "fused") -> None:
+        """Record one optimizer step (or one logging window of steps: the counters add up either way).
+
+        ``stage`` is the model being trained (``fused``, ``baseline-image``...): each stage's step and epoch
+        start again from 0, so every per-step series carries it and the stages never overwrite each other.
+        """
         if step_seconds < 0 or data_wait_seconds < 0 or samples < 0:
             raise ValueError(
                 f"step_seconds, data_wait_seconds and samples must be >= 0 "
                 f"(got {step_seconds}, {data_wait_seconds}, {samples})")
-        self._step_seconds.observe(step_seconds)
-        self._data_wait.inc(data_wait_seconds)
-        self._samples.inc(samples)
-        self._samples_per_second.set(self._throughput(step_seconds, samples))
-        self._loss.set(loss)
-        self._learning_rate.set(learning_rate)
-        self._epoch.set(epoch)
-        self._step.set(step)
+        labels = self._staged(stage, "observe_step")
+        self._step_seconds.labels(*labels).observe(step_seconds)
+        self._data_wait.labels(*labels).inc(data_wait_seconds)
+        self._samples.labels(*labels).inc(samples)
+        self._samples_per_second.labels(*labels).set(self._throughput(stage, step_seconds, samples))
+        self._loss.labels(*labels).set(loss)
+        self._learning_rate.labels(*labels).set(learning_rate)
+        self._epoch.labels(*labels).set(epoch)
+        self._step.labels(*labels).set(step)
         if accuracy is not None:
-            self._accuracy.labels(*self._values, "train").set(accuracy)
+            self._accuracy.labels(*labels, "train").set(accuracy)
         self.observe_gpu_memory()
-        self._last_step.set(time.time())
+        self._last_step.labels(*labels).set(time.time())
 
-    def observe_eval(self, split: str, accuracy: float, loss: float) -> None:
-        """Record the result of evaluating a split (``validation``, ``test``, ``ood``...)."""
+    def observe_eval(self, split: str, accuracy: float, loss: float, *, stage: str = "fused") -> None:
+        """Record the result of evaluating a split (``validation``, ``test``, ``ood``...) of a stage's model."""
         if not split:
             raise ValueError("observe_eval: split must be a non-empty name such as 'validation'")
-        self._accuracy.labels(*self._values, split).set(accuracy)
-        self._eval_loss.labels(*self._values, split).set(loss)
+        labels = self._staged(stage, "observe_eval")
+        self._accuracy.labels(*labels, split).set(accuracy)
+        self._eval_loss.labels(*labels, split).set(loss)
+        self._last_eval.labels(*labels).set(time.time())
+
+    def _staged(self, stage: str, caller: str) -> tuple[str, ...]:
+        if not stage:
+            raise ValueError(f"{caller}: stage must be a non-empty name such as 'fused' or 'baseline-image'")
+        return (*self._values, stage)
 
     def observe_gpu_memory(self) -> None:
         """Record CUDA memory of the current device; a no-op without CUDA in use (``observe_step`` calls it).
@@ -177,7 +199,10 @@ class TrainerMetrics:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _throughput(self, step_seconds: float, samples: int) -> float:
+    def _throughput(self, stage: str, step_seconds: float, samples: int) -> float:
+        if stage != self._window_stage:  # a new stage's model: its speed owes nothing to the previous one's
+            self._window.clear()
+            self._window_seconds, self._window_samples, self._window_stage = 0.0, 0, stage
         self._window.append((step_seconds, samples))
         self._window_seconds += step_seconds
         self._window_samples += samples
