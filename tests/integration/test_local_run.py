@@ -67,11 +67,12 @@ def test_local_run_trains_fused_and_baselines_and_prints_the_table(tmp_path):
     assert info["modalities"] == ["image", "text", "numeric"] and len(info["classes"]) == 8
 
 
-def test_a_job_whose_ranks_cannot_start_fails_with_one_error_line(tmp_path):
+def test_a_missing_pretrained_model_fails_with_one_error_line_before_preprocessing(tmp_path):
     done = kubefusion("run", str(job(tmp_path, backbone="nobody/missing-bert", pretrained=True)), "--local",
                       "--output", str(tmp_path / "run"))
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1, done.stderr[-3000:]
-    assert "training failed" in errors[0] and "spec.model.text.backbone" in errors[0]
+    assert errors[0].startswith("error: spec.model.text.backbone: no folder 'nobody/missing-bert'")
     assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "artifacts").exists()  # told before preprocessing, the data or torchrun

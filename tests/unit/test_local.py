@@ -83,3 +83,18 @@ def test_the_demo_example_is_the_demo_preset_and_presets_are_valid():
     for preset in cfg.PRESETS.values():  # every preset survives its own YAML round trip
         job = preset()
         assert cfg.job_from_dict(cfg.job_to_dict(job)).to_dict() == job.to_dict()
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_an_output_path_under_a_file_is_one_error_line(tmp_path, command, capsys):
+    from kubefusion.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    job = Path(__file__).parents[2] / "examples" / "local-job.yaml"
+    args = ["run", str(job), "--local"] if command == "run" else \
+        ["train", "--config", str(job), "--artifacts", str(tmp_path)]
+    assert main([*args, "--output", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --output {blocker / 'out'}: cannot use it as the output folder (not a directory); " \
+                  "give a folder path that can be created and written"

@@ -173,3 +173,37 @@ def test_a_frozen_backbone_keeps_its_batchnorm_statistics_while_the_model_trains
     optimizer.step()
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_local_backbone_folder_that_does_not_exist_is_named_as_such(tmp_path):
+    from kubefusion.model import check_model_sources
+
+    spec = tiny_spec()
+    spec.vision.backbone, spec.vision.pretrained = str(tmp_path / "resnet-50"), True
+    with pytest.raises(ModelSourceError) as caught:
+        check_model_sources(spec)
+    message = str(caught.value)
+    assert message.startswith("spec.model.vision.backbone: the folder") and "does not exist" in message
+    assert "Repo id" not in message and "\n" not in message
+
+
+def test_an_empty_backbone_folder_names_the_files_it_lacks(tmp_path):
+    from transformers import BertConfig
+
+    for pretrained, lacking in ((True, "no config.json and no model weights"), (False, "no config.json")):
+        with pytest.raises(ModelSourceError, match=lacking):
+            load_backbone(str(tmp_path), pretrained=pretrained, field="spec.model.text.backbone")
+    BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
+    with pytest.raises(ModelSourceError, match=r"has no model weights \(model.safetensors"):
+        load_backbone(str(tmp_path), pretrained=True, field="spec.model.text.backbone")
+    assert load_backbone(str(tmp_path), pretrained=False, field="f").config.hidden_size == 16
+
+
+def test_checking_model_sources_needs_neither_torch_nor_the_weights():
+    import subprocess
+    import sys
+
+    code = ("import sys; from kubefusion import config; from kubefusion.model import check_model_sources; "
+            "check_model_sources(config.demo().model); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]

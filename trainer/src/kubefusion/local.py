@@ -204,9 +204,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    from kubefusion.model import check_model_sources
+    from kubefusion.train.atomic import make_output_dir
+
     job = load_job_file(args.job)
-    output = args.output.resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    check_model_sources(job.model)  # seconds here, not after preprocessing, a data scan and torchrun start
+    output = make_output_dir(args.output.resolve())
     logs = output / "logs"
     env = child_environment(plan_processes(job.resources, gpus=0, cpus=1), job, dict(os.environ))
 

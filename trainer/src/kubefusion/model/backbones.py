@@ -15,11 +15,12 @@ Anything else is a :class:`~kubefusion.errors.ModelSourceError` naming the field
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from kubefusion.errors import ModelSourceError
+
+if TYPE_CHECKING:  # this module is imported by up-front checks that must not pay for torch
+    from torch import nn
 
 MINILM = "builtin:minilm"
 
@@ -77,6 +78,97 @@ def local_source(name: str) -> str:
     return name
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+"""What ``from_pretrained`` reads torch weights from (single file or a sharded index)."""
+WEIGHTS_WORDING = "model weights (model.safetensors or pytorch_model.bin)"
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A Hugging Face repo id is ``name`` or ``org/name``; anything else the user meant as a folder."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _missing_in_folder(folder: Path, pretrained: bool) -> list[str]:
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if pretrained and not any((folder / f).is_file() for f in WEIGHT_FILES):
+        missing.append(WEIGHTS_WORDING)
+    return missing
+
+
+def _missing_in_cache(repo_id: str, pretrained: bool) -> list[str] | None:
+    """Files of ``repo_id`` missing from the local Hugging Face cache; None when the repo is not there at all."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(filename: str) -> bool:
+        try:
+            return isinstance(try_to_load_from_cache(repo_id, filename), str)
+        except ValueError:  # not a valid repo id (HFValidationError): it cannot be cached either
+            return False
+
+    has_config = cached("config.json")
+    has_weights = not pretrained or any(cached(f) for f in WEIGHT_FILES)
+    if not has_config and not (pretrained and has_weights):
+        return None
+    return ([] if has_config else ["config.json"]) + ([] if has_weights else [WEIGHTS_WORDING])
+
+
+def check_backbone_source(name: str, *, pretrained: bool, field: str) -> None:
+    """Raise :class:`ModelSourceError` when :func:`load_backbone` would not find what ``name`` needs.
+
+    Reads no weights (a few ``stat`` calls), so it runs up front: before preprocessing, data scans and
+    process start-up. The message names ``field`` and what exactly is missing."""
+    if name.startswith("builtin:"):
+        if name == MINILM:
+            minilm_path()
+        elif name not in RANDOM_INIT_CONFIGS:
+            known = ", ".join(sorted([*(n for n in RANDOM_INIT_CONFIGS if n.startswith("builtin:")), MINILM]))
+            raise ModelSourceError(f"{field}: unknown built-in backbone {name!r} (known: {known})")
+        elif pretrained:
+            raise ModelSourceError(f"{field}: {name!r} has no pretrained weights; set pretrained: false")
+        return
+    if not pretrained and name in RANDOM_INIT_CONFIGS:
+        return
+    folder = Path(name).expanduser()
+    wanted = f"config.json and {WEIGHTS_WORDING}" if pretrained else "config.json"
+    if folder.is_dir():
+        missing = _missing_in_folder(folder, pretrained)
+        if missing:
+            raise ModelSourceError(
+                f"{field}: the folder {name!r} has no {' and no '.join(missing)} (a model folder written by "
+                f"save_pretrained holds {wanted})" + ("" if pretrained else "; or name a built-in backbone"))
+        return
+    if folder.exists():
+        raise ModelSourceError(f"{field}: {name!r} is a file; give the model folder that holds {wanted}")
+    if _looks_like_a_path(name):
+        raise ModelSourceError(
+            f"{field}: the folder {name!r} does not exist (looked at {folder.resolve()}); give the path of a "
+            f"folder that holds {wanted}")
+    missing = _missing_in_cache(name, pretrained)
+    if missing is None:
+        hint = ("Put the model in a folder and give its path, or set pretrained: false" if pretrained else
+                f"name a built-in backbone ({', '.join(sorted(RANDOM_INIT_CONFIGS) + [MINILM])}) or a folder with "
+                "config.json")
+        raise ModelSourceError(
+            f"{field}: no folder {name!r} (relative to {Path.cwd()}) and not in the local Hugging Face cache; "
+            f"downloads are off. {hint}")
+    if missing:
+        raise ModelSourceError(f"{field}: {name!r} in the local Hugging Face cache lacks {' and '.join(missing)}; "
+                               "downloads are off: put the complete model in a folder and give its path")
+
+
+def check_model_sources(model, modalities=("image", "text")) -> None:
+    """Check every backbone a job's ``spec.model`` (a :class:`~kubefusion.config.ModelConfig`) needs, up front.
+
+    ``kubefusion run`` calls it before preprocessing and ``kubefusion train`` before anything else; the
+    preprocess step can call it too."""
+    if "image" in modalities:
+        check_backbone_source(model.vision.backbone, pretrained=model.vision.pretrained,
+                              field="spec.model.vision.backbone")
+    if "text" in modalities:
+        check_backbone_source(model.text.backbone, pretrained=model.text.pretrained, field="spec.model.text.backbone")
+
+
 def load_backbone(name: str, *, pretrained: bool, field: str, saved_config: dict | None = None) -> nn.Module:
     """Build the backbone ``name``; ``field`` (``spec.model.text.backbone``) goes into error messages.
 
@@ -87,28 +179,14 @@ def load_backbone(name: str, *, pretrained: bool, field: str, saved_config: dict
     if saved_config is not None:
         settings = dict(saved_config)
         return AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
-    if pretrained:
-        if name in RANDOM_INIT_CONFIGS and name.startswith("builtin:"):
-            raise ModelSourceError(f"{field}: {name!r} has no pretrained weights; set pretrained: false")
-        source = local_source(name)
-        try:
+    check_backbone_source(name, pretrained=pretrained, field=field)
+    if not pretrained and name in RANDOM_INIT_CONFIGS:
+        return AutoModel.from_config(RANDOM_INIT_CONFIGS[name]())
+    source = local_source(name)
+    try:  # the files are there (checked above); what fails now is their content
+        if pretrained:
             return AutoModel.from_pretrained(source, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ModelSourceError(
-                f"{field}: pretrained weights for {name!r} not found locally (no folder {source!r} with "
-                f"config + weights, not in the Hugging Face cache; downloads are off). Put the model in a "
-                f"folder and give its path, or set pretrained: false ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''})"
-            ) from None
-    if name in RANDOM_INIT_CONFIGS:
-        config = RANDOM_INIT_CONFIGS[name]()
-    else:
-        try:
-            config = AutoConfig.from_pretrained(local_source(name), local_files_only=True)
-        except (OSError, ValueError):
-            known = ", ".join(sorted(RANDOM_INIT_CONFIGS) + [MINILM])
-            raise ModelSourceError(
-                f"{field}: no local config for {name!r} (not a folder, not in the Hugging Face cache, not a "
-                f"built-in: {known})"
-            ) from None
-    return AutoModel.from_config(config)
+        return AutoModel.from_config(AutoConfig.from_pretrained(source, local_files_only=True))
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelSourceError(f"{field}: cannot load {name!r} from {source}: {first_line}") from None

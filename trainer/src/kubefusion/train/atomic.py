@@ -11,6 +11,22 @@ from pathlib import Path
 from typing import IO, Callable
 
 
+def make_output_dir(path: Path, option: str = "--output") -> Path:
+    """Create the output folder ``path`` (named as the user gave it, ``option``) or say in one line why not."""
+    from kubefusion.errors import UserError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        reason = "a file, not a folder" if path.exists() and not path.is_dir() else \
+            (exc.strerror or type(exc).__name__).lower()
+        raise UserError(f"{option} {path}: cannot use it as the output folder ({reason}); give a folder path "
+                        "that can be created and written") from None
+    return path
+
+
 def atomic_write(path: Path, write: Callable[[IO], None], *, binary: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

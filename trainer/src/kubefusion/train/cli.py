@@ -28,17 +28,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from kubefusion.config import load_job_file
+    from kubefusion.model import check_model_sources
     from kubefusion.train import distributed
+    from kubefusion.train.atomic import make_output_dir
     from kubefusion.train.recipe import run_recipe
 
     job = load_job_file(args.config)
+    check_model_sources(job.model)  # before the process group, the artifact and the data scan
+    make_output_dir(args.output)
     if job.training.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is only deterministic with it
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     runtime = distributed.setup(job.training.collective_timeout_seconds)
     try:
-        args.output.mkdir(parents=True, exist_ok=True)
         run_recipe(job, artifacts=args.artifacts, output=args.output, runtime=runtime, data_dir=args.data)
     finally:
         distributed.teardown()
