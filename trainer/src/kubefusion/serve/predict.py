@@ -18,27 +18,31 @@ and gets the training pipeline's filler (zero image, empty text, zero numbers).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from kubefusion.errors import ArtifactError, DataError, UserError
+from kubefusion.errors import ArtifactError, UserError
 from kubefusion.preprocess import artifact
 from kubefusion.preprocess.runtime import Preprocessor
+from kubefusion.serve.dataset import read_dataset
 from kubefusion.serve.images import decode_image
 
 MODEL_FILE = "model.onnx"
 MODEL_INFO = "model.json"
 BATCH = 64
+MODEL_INFO_KEYS = {"files": dict, "content_key": str, "classes": list}
+PREPROCESSING_KEYS = ("content_key", "classes", "numeric_columns", "image_size", "max_tokens", "tokenizer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", required=True, type=Path, help="folder written by `kubefusion export`")
-    parser.add_argument("--data", type=Path, help="dataset folder (images/, text.csv, numeric.csv) to predict")
+    parser.add_argument("--data", type=Path,
+                        help="dataset to predict: a folder (images/, text.csv id,text[,label], numeric.csv "
+                             "id,<columns>[,label]; any may be absent) or a manifest CSV "
+                             "(id,image,text,<columns>[,label]); labels are optional")
     parser.add_argument("--image", type=Path, help="one sample's image file")
     parser.add_argument("--text", help="one sample's text")
     parser.add_argument("--numeric", help="one sample's comma-separated numbers; an empty entry is missing")
@@ -74,21 +78,30 @@ class Server:
         import onnxruntime as ort
 
         folder = Path(folder)
-        info_path = folder / MODEL_INFO
-        if not info_path.is_file():
-            raise ArtifactError(f"{info_path}: missing; --artifacts must be a folder written by `kubefusion export`")
-        info = json.loads(info_path.read_text())
+        info = read_model_info(folder)
         for name, digest in info["files"].items():
             path = folder / name
             if not path.is_file() or artifact.sha256_file(path) != digest:
                 raise ArtifactError(f"{path}: missing or its sha256 differs from {MODEL_INFO}")
         pre = Preprocessor.load(folder, "onnx", threads=threads)
+        missing = [k for k in PREPROCESSING_KEYS if k not in pre.manifest]
+        if missing:
+            raise ArtifactError(f"{folder / artifact.MANIFEST}: lacks {', '.join(missing)}; not a complete export")
         if pre.content_key != info["content_key"]:
             raise ArtifactError(f"{folder}: preprocessing {pre.content_key} but the model expects {info['content_key']}")
+        try:
+            pre.tokenizer  # noqa: B018 (loaded now, so a damaged tokenizer fails here with its file named)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # the tokenizers library raises plain Exceptions for unreadable files
+            raise ArtifactError(f"{folder / 'tokenizer'}: cannot load the tokenizer ({_first_line(exc)})") from None
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
+            raise ArtifactError(f"{folder / MODEL_FILE}: onnxruntime cannot load it ({_first_line(exc)})") from None
         return cls(folder, info, pre, session)
 
     @property
@@ -135,7 +148,7 @@ class Server:
     # ---- a dataset -------------------------------------------------------------------------------------
 
     def predict_dataset(self, root: Path) -> dict[str, Any]:
-        records = read_dataset(root, self.classes)
+        records = read_dataset(root, self.classes, self.pre.numeric_columns)
         size = self.pre.image_size
         rows: list[dict[str, Any]] = []
         for start in range(0, len(records), BATCH):
@@ -148,9 +161,31 @@ class Server:
             mask = np.array([r.mask for r in chunk], dtype=bool)
             rows += self._rows([r.id for r in chunk], self.logits(images, texts, numeric, mask),
                                [r.label for r in chunk])
-        correct = sum(r["predicted"] == r["label"] for r in rows)
-        return {"predictions": rows, "records": len(rows),
-                "accuracy": round(correct / len(rows), 6) if rows else None}
+        labelled = [r for r in rows if "label" in r]
+        correct = sum(r["predicted"] == r["label"] for r in labelled)
+        return {"predictions": rows, "records": len(rows), "labelled": len(labelled),
+                "accuracy": round(correct / len(labelled), 6) if labelled else None}
+
+
+def read_model_info(folder: Path) -> dict[str, Any]:
+    """model.json, checked for what serving reads from it; a missing or damaged file is one ArtifactError."""
+    path = folder / MODEL_INFO
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; --artifacts must be a folder written by `kubefusion export`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); export the model again") from None
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, found {type(info).__name__}; export the model again")
+    for key, kind in MODEL_INFO_KEYS.items():
+        if not isinstance(info.get(key), kind):
+            raise ArtifactError(f"{path}: {key!r} missing or not a {kind.__name__}; export the model again")
+    return info
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -177,55 +212,6 @@ def parse_numeric(value: str, columns: Sequence[str]) -> np.ndarray:
     return out
 
 
-# ------------------------------------------------------------------------------- dataset without TF
-
-
-class _LocalFiles:
-    """The slice of ``tf.io.gfile`` the dataset reader uses, for local paths (serving has no TensorFlow)."""
-
-    @staticmethod
-    def exists(path: str) -> bool:
-        return os.path.exists(path)
-
-    @staticmethod
-    def isdir(path: str) -> bool:
-        return os.path.isdir(path)
-
-    @staticmethod
-    def listdir(path: str) -> list[str]:
-        return os.listdir(path)
-
-    @staticmethod
-    def GFile(path: str, mode: str = "rb") -> IO[bytes]:  # noqa: N802 (mirrors tf.io.gfile.GFile)
-        return open(path, mode)
-
-
-@contextlib.contextmanager
-def _local_files() -> Iterator[None]:
-    from kubefusion.data import _gfile
-
-    original = _gfile.gfile
-    _gfile.gfile = lambda: _LocalFiles  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        _gfile.gfile = original  # type: ignore[assignment]
-
-
-def read_dataset(root: Path, classes: Sequence[str]) -> list[Any]:
-    """The dataset's records joined by id with the training reader (:func:`kubefusion.data.scan`), its file
-    access pointed at local files; records missing a modality are kept (and predicted with the mask)."""
-    from kubefusion.config import DataConfig
-    from kubefusion.data import scan
-
-    if "://" in str(root):
-        raise DataError(f"{root}: predict reads local folders only")
-    cfg = DataConfig(path=str(root), missing_modality="keep", on_bad_record="fail")
-    with _local_files():
-        result = scan(cfg, root, classes=list(classes), verify_images=False)
-    return result.records
-
-
 def _print(result: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2))
@@ -234,4 +220,7 @@ def _print(result: dict[str, Any], *, as_json: bool) -> None:
         truth = f"  (label {row['label']})" if "label" in row else ""
         print(f"{row['id']}\t{row['predicted']}\t{row['probability']:.4f}{truth}")
     if result.get("accuracy") is not None:
-        print(f"accuracy {result['accuracy']:.4f} on {result['records']} records")
+        print(f"accuracy {result['accuracy']:.4f} on the {result['labelled']} labelled of {result['records']} "
+              "records")
+    elif "records" in result:
+        print(f"{result['records']} records, none labelled: no accuracy")

@@ -1,0 +1,98 @@
+"""`kubefusion predict --data` reads serving data: labels optional, columns by name, every bad row an error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kubefusion.errors import ArtifactError, DataError
+from kubefusion.serve.dataset import read_dataset
+from kubefusion.serve.predict import read_model_info
+
+CLASSES = ["cat", "dog"]
+COLUMNS = ["height", "weight"]
+
+
+def _write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _by_id(records):
+    return {r.id: r for r in records}
+
+
+def test_unlabelled_folder_predicts_every_id_and_matches_numeric_columns_by_name(tmp_path):
+    _write(tmp_path, "text.csv", "id,text\na,hello\nb,world\n")
+    _write(tmp_path, "numeric.csv", "weight,id,height\n2.5,a,1\n,c,3\n")  # columns in another order
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "d.png").write_bytes(b"")  # listed, not decoded: an image-only id is predicted too
+    records = _by_id(read_dataset(tmp_path, CLASSES, COLUMNS))
+    assert sorted(records) == ["a", "b", "c", "d"]
+    assert all(r.label is None for r in records.values())
+    np.testing.assert_array_equal(records["a"].numeric, np.array([1.0, 2.5], np.float32))
+    assert records["c"].numeric[0] == 3.0 and np.isnan(records["c"].numeric[1])
+    assert records["a"].mask == (False, True, True)
+    assert records["d"].mask == (True, False, False) and records["d"].image_path.endswith("d.png")
+
+
+def test_labels_where_given_must_be_known_and_agree_across_files(tmp_path):
+    _write(tmp_path, "text.csv", "id,text,label\na,hello,cat\nb,world,\n")
+    _write(tmp_path, "numeric.csv", "id,height,weight\na,1,2\nb,3,4\nc,5,6\n")
+    records = _by_id(read_dataset(tmp_path, CLASSES, COLUMNS))
+    assert (records["a"].label, records["b"].label, records["c"].label) == (0, None, None)
+
+    _write(tmp_path, "numeric.csv", "id,height,weight,label\na,1,2,dog\n")
+    with pytest.raises(DataError, match=r"numeric.csv line 2: id 'a' has label 'dog' here but 'cat' at .*text.csv "
+                                        r"line 2"):
+        read_dataset(tmp_path, CLASSES, COLUMNS)
+    _write(tmp_path, "numeric.csv", "id,height,weight,label\na,1,2,bird\n")
+    with pytest.raises(DataError, match="numeric.csv line 2: id 'a' has label 'bird', not one of the model's"):
+        read_dataset(tmp_path, CLASSES, COLUMNS)
+
+
+def test_manifest_without_labels(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "x.jpg").write_bytes(b"")
+    manifest = _write(tmp_path, "serve.csv", "id,image,text,weight,height\nx,pics/x.jpg,,,\ny,,hi,1,\n")
+    records = _by_id(read_dataset(manifest, CLASSES, COLUMNS))
+    assert records["x"].mask == (True, False, False) and records["x"].label is None
+    assert records["y"].mask == (False, True, True)
+    assert np.isnan(records["y"].numeric[0]) and records["y"].numeric[1] == 1.0
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("numeric.csv", "id,height\na,1\n", r"numeric.csv line 1: lacks column\(s\) weight"),
+    ("numeric.csv", "id,height,weight,age\na,1,2,3\n", r"has column\(s\) age the model does not take"),
+    ("numeric.csv", "id,height,weight\na,1,tall\n", r"line 2: column 'weight' of id 'a' is 'tall', not a finite"),
+    ("numeric.csv", "id,height,weight\na,1,2\na,3,4\n", r"line 3: id 'a' already on line 2"),
+    ("text.csv", "id,text,mood\na,hi,ok\n", r"text.csv line 1: unexpected column\(s\) mood"),
+    ("text.csv", "id,text\na,hi,extra\n", r"text.csv line 2: expected 2 fields"),
+    ("text.csv", "text\nhi\n", r"text.csv line 1: header lacks column\(s\) id"),
+])
+def test_bad_rows_are_errors_naming_file_and_line(tmp_path, name, text, message):
+    _write(tmp_path, name, text)
+    with pytest.raises(DataError, match=message):
+        read_dataset(tmp_path, CLASSES, COLUMNS)
+
+
+def test_an_empty_or_missing_dataset_is_named(tmp_path):
+    with pytest.raises(DataError, match="none of images/, text.csv, numeric.csv"):
+        read_dataset(tmp_path, CLASSES, COLUMNS)
+    with pytest.raises(DataError, match="no such dataset folder or manifest file"):
+        read_dataset(tmp_path / "absent", CLASSES, COLUMNS)
+
+
+def test_a_damaged_model_json_is_one_artifact_error_naming_it(tmp_path):
+    with pytest.raises(ArtifactError, match="model.json: missing"):
+        read_model_info(tmp_path)
+    (tmp_path / "model.json").write_text('{"files": {')
+    with pytest.raises(ArtifactError, match="model.json: not valid JSON"):
+        read_model_info(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"files": {}, "classes": ["a"]}))
+    with pytest.raises(ArtifactError, match="model.json: 'content_key' missing"):
+        read_model_info(tmp_path)
