@@ -20,7 +20,7 @@ rt = distributed.setup(60)
 pre = Preprocessor.load(artifacts)
 data = load_training_data(job, data_dir, manifest=pre.manifest,
                           tokenizer=load_tokenizer(str(pre.artifact_dir / "tokenizer")),
-                          rank=rt.rank, world_size=rt.world_size)
+                          rank=rt.rank, world_size=rt.world_size, artifact_dir=pre.artifact_dir)
 session = Session(job=job, runtime=rt, data=data, prepare=make_prepare(pre, rt.device), output=output,
                   artifact_info={"content_key": pre.content_key, "classes": data.classes,
                                  "numeric_columns": data.numeric_columns})

@@ -275,3 +275,94 @@ def test_serving_decode_matches_the_training_decode(data_root):
         for size in (32, 224):
             diff = np.abs(decode_image(PHOTOS / name, size).astype(int) - resize(accurate, size).numpy().astype(int))
             assert diff.max() <= 1, (name, size)
+
+
+# ------------------------------------------------------------------------------------- the record index
+
+
+def _training_data(job_file, data_root, artifact_dir, *, rank=0, world_size=1):
+    from kubefusion.config import load_job_file
+    from kubefusion.data import load_tokenizer
+    from kubefusion.preprocess.artifact import read_manifest
+    from kubefusion.train.data import load_training_data
+
+    job = load_job_file(job_file)
+    return load_training_data(job, data_root, manifest=read_manifest(artifact_dir),
+                              tokenizer=load_tokenizer(str(artifact_dir / "tokenizer")), rank=rank,
+                              world_size=world_size, artifact_dir=artifact_dir)
+
+
+def test_the_artifact_lists_the_records_it_was_built_on(built, job_file, data_root):
+    from kubefusion.config import load_job_file
+    from kubefusion.data import scan
+    from kubefusion.data.index import RecordIndex
+
+    _, result = built
+    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
+    assert "records.npz" in manifest["files"]  # covered by the sha256 list, like every other file
+    index = RecordIndex.load(result.artifact_dir / "records.npz")
+    scanned = scan(load_job_file(job_file).data, data_root)
+    assert list(index.ids) == [r.id for r in scanned.records]
+    assert list(index.labels) == [r.label for r in scanned.records]
+    assert [tuple(m) for m in index.masks] == [r.mask for r in scanned.records]
+    assert index.classes == manifest["classes"] and index.report["joined"] == len(scanned.records)
+    assert manifest["record_index"] == {"file": "records.npz", "records": len(index), "digest": index.digest()}
+
+
+def test_training_ranks_keep_the_indexed_records_without_decoding_them_again(built, job_file, data_root,
+                                                                             monkeypatch):
+    from kubefusion.data import reader
+    from kubefusion.data.index import RecordIndex
+    from kubefusion.train import distributed
+
+    _, result = built
+    decoded: list[str] = []
+    real = reader.undecodable
+    monkeypatch.setattr(reader, "undecodable", lambda paths: (decoded.extend(paths), real(paths))[1])
+    index = RecordIndex.load(result.artifact_dir / "records.npz")
+    rank0_sent: list = []
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: (rank0_sent.append(obj), [obj])[1])
+    data = _training_data(job_file, data_root, result.artifact_dir)
+    ood = data.splits["ood"]
+    assert sorted(decoded) == sorted(p.decode() for p in ood.image_paths if p)  # rank 0: the OOD images only
+    kept = sorted(i for name in ("train", "validation", "test") for i in data.splits[name].ids)
+    assert kept == sorted(index.ids)
+
+    # Rank 1 of 2, with rank 0's messages replayed: no image decoded, and the digests agree.
+    decoded.clear()
+    replay = iter(rank0_sent)
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [next(replay), obj])
+    on_rank_1 = _training_data(job_file, data_root, result.artifact_dir, rank=1, world_size=2)
+    assert decoded == []
+    assert {k: v.ids for k, v in on_rank_1.splits.items()} == {k: v.ids for k, v in data.splits.items()}
+
+
+def test_a_rank_with_other_records_fails_every_rank_naming_it(built, job_file, data_root, monkeypatch):
+    from kubefusion.errors import DataError
+    from kubefusion.train import distributed
+
+    _, result = built
+    calls = []
+
+    def gather(obj):  # rank 1 of 3 saw other records
+        calls.append(obj)
+        return [obj, obj, obj] if len(calls) == 1 else [obj, (None, obj[1] + "x"), obj]
+
+    monkeypatch.setattr(distributed, "all_gather_object", gather)
+    with pytest.raises(DataError, match=r"rank 1 loaded other records than rank 0 \(rank 0: .*train=\d+"):
+        _training_data(job_file, data_root, result.artifact_dir)
+
+
+def test_a_listed_record_that_is_no_longer_readable_says_to_rerun_preprocess(built, job_file, data_root, tmp_path):
+    import shutil
+
+    from kubefusion.errors import DataError
+
+    _, result = built
+    changed = Path(shutil.copytree(data_root, tmp_path / "data"))
+    lines = (changed / "text.csv").read_text().splitlines(keepends=True)
+    gone = lines[5].split(",")[0]
+    (changed / "text.csv").write_text("".join(lines[:5] + lines[6:]))
+    with pytest.raises(DataError, match=rf"1 record\(s\) listed in the preprocessing artifact's record index are no "
+                                        rf"longer readable \(first: id '{gone}'\).*rerun it"):
+        _training_data(job_file, changed, result.artifact_dir)

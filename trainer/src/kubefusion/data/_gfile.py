@@ -19,9 +19,9 @@ from kubefusion.errors import DataError
 
 @functools.cache
 def gfile() -> Any:
-    import tensorflow as tf  # noqa: PLC0415 (deliberately lazy)
+    from kubefusion.data._tf import tensorflow  # noqa: PLC0415 (deliberately lazy)
 
-    return tf.io.gfile
+    return tensorflow().io.gfile
 
 
 def is_uri(path: str | Path) -> bool:

@@ -22,9 +22,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def _tf() -> Any:
-    import tensorflow as tf  # noqa: PLC0415 (lazy: validate --help must not pay for it)
+    from kubefusion.data._tf import tensorflow  # noqa: PLC0415 (lazy: validate --help must not pay for it)
 
-    return tf
+    return tensorflow()
 
 
 def decode(contents: Any) -> Any:
@@ -84,9 +84,25 @@ def first_line(message: str) -> str:
 
 def undecodable(paths: list[str]) -> dict[int, str]:
     """Which of ``paths`` do not decode, as {position: reason}. Decodes in parallel with tf.data (the same
-    decoder as the pipeline, so a scan that passes means the pipeline will not meet a corrupt file)."""
+    decoder as the pipeline, so a scan that passes means the pipeline will not meet a corrupt file).
+
+    A file that fails in the parallel pass is checked again on its own: a file that cannot be *read* is read
+    once more and, when that fails too, raises :class:`DataError` naming it (a storage problem, not a bad
+    record: under ``skip`` it must not silently change which records train); a file that reads but does not
+    decode is corrupt; a file that reads and decodes on the second look was a transient failure and is fine.
+    """
+    failures: dict[int, str] = {}
+    for position in _parallel_failures(paths):
+        reason = _decode_error(paths[position])
+        if reason is not None:
+            failures[position] = reason
+    return failures
+
+
+def _parallel_failures(paths: list[str]) -> list[int]:
+    """Positions whose read or decode failed in one parallel tf.data pass (read and decode errors alike)."""
     if not paths:
-        return {}
+        return []
     tf = _tf()
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), np.asarray(paths, dtype=object)))
     ds = ds.map(
@@ -97,13 +113,33 @@ def undecodable(paths: list[str]) -> dict[int, str]:
     ok = np.zeros(len(paths), dtype=bool)
     for positions, _ in ds.ignore_errors().batch(4096):
         ok[positions.numpy()] = True
-    failures: dict[int, str] = {}
-    for position in np.flatnonzero(~ok):
+    return [int(p) for p in np.flatnonzero(~ok)]
+
+
+READ_ATTEMPTS = 2
+"""A read error is retried once before it stops the scan."""
+
+
+def _read(path: str) -> Any:
+    return _tf().io.read_file(path)
+
+
+def _decode_error(path: str) -> str | None:
+    """Why ``path`` does not decode, None when it does; raises :class:`DataError` when it cannot be read."""
+    tf = _tf()
+    for attempt in range(1, READ_ATTEMPTS + 1):
         try:
-            decode(tf.io.read_file(paths[position]))
-            failures[int(position)] = "cannot decode image"  # failed in the pipeline, not alone: still unsafe
-        except tf.errors.NotFoundError:
-            failures[int(position)] = "file vanished while scanning"
+            contents = _read(path)
+            break
         except tf.errors.OpError as exc:
-            failures[int(position)] = first_line(exc.message)
-    return failures
+            if attempt == READ_ATTEMPTS:
+                what = "no such file (it was listed when the scan began)" \
+                    if isinstance(exc, tf.errors.NotFoundError) else first_line(exc.message)
+                raise DataError(
+                    f"{path}: read error ({READ_ATTEMPTS} attempts): {what}; the file could not be read, which is "
+                    "a storage problem, not a bad record: fix the storage (or the file) and run again") from None
+    try:
+        decode(contents)
+    except tf.errors.OpError as exc:
+        return first_line(exc.message)
+    return None

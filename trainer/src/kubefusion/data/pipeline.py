@@ -168,8 +168,9 @@ def build_dataset(
     pool of that size for this pipeline. By default TensorFlow's shared pool is used, except under torchrun with
     several ranks on a node (``LOCAL_WORLD_SIZE`` > 1): then each rank gets the node's CPUs divided by the ranks
     (at least 4), so the ranks share the cores instead of each starting a pool as large as the node."""
-    import tensorflow as tf  # noqa: PLC0415
+    from kubefusion.data._tf import tensorflow  # noqa: PLC0415
 
+    tf = tensorflow()
     encoded = _encoded(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0 (got {batch_size})")

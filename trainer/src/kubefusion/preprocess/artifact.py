@@ -9,6 +9,8 @@ Pure Python (no TensorFlow, torch or onnxruntime), so a pod whose artifact alrea
         preprocess.onnx
         saved_model/
         tokenizer/              the Hugging Face tokenizer, saved (serving needs nothing else)
+        records.npz             the record index: ids, labels, modality masks and scan report of the records
+                                the artifact was built on (training ranks keep exactly these; kubefusion.data.index)
       latest.json               {"content_key": ..., "path": "<content-key>"}: the last artifact published
       .tmp-<key>-<pid>-<rand>/  an export in progress (renamed into place when complete)
 
@@ -33,13 +35,14 @@ from typing import Any
 
 from kubefusion.errors import ArtifactError, DataError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever the graph or the manifest changes meaning; part of the content key."""
 MANIFEST = "manifest.json"
 POINTER = "latest.json"
 ONNX_FILE = "preprocess.onnx"
 SAVED_MODEL_DIR = "saved_model"
 TOKENIZER_DIR = "tokenizer"
+RECORD_INDEX = "records.npz"
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 6 * 3600
 """A temporary folder this old belongs to a crashed export and may be removed."""

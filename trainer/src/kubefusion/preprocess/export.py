@@ -5,7 +5,7 @@ contents + preprocessing config + split settings + versions; no TensorFlow neede
 ``ARTIFACTS/<key>/`` already exists. Otherwise it scans the data, computes the statistics on the training
 split only, builds the graph (:mod:`kubefusion.preprocess.graph`), saves the SavedModel, converts it with
 tf2onnx, loads the ONNX file in onnxruntime and compares it with TensorFlow on real images and numeric rows,
-saves the tokenizer, writes the manifest and renames the folder into place (:mod:`.artifact`).
+saves the tokenizer and the record index (:mod:`kubefusion.data.index`), writes the manifest and renames the folder into place (:mod:`.artifact`).
 
 tf2onnx exits successfully even when it could not convert an op (it logs "Unsupported ops" and leaves the
 TensorFlow node in the graph), so :func:`convert_saved_model` checks every node against the ONNX operator
@@ -29,7 +29,8 @@ from kubefusion.config import JobConfig
 from kubefusion.errors import ArtifactError
 from kubefusion.preprocess import artifact
 from kubefusion.preprocess.artifact import (INPUT_IMAGE, INPUT_NUMERIC, MANIFEST, ONNX_FILE, OPSET,
-                                            OUTPUT_NUMERIC, OUTPUT_PIXELS, SAVED_MODEL_DIR, TOKENIZER_DIR)
+                                            OUTPUT_NUMERIC, OUTPUT_PIXELS, RECORD_INDEX, SAVED_MODEL_DIR,
+                                            TOKENIZER_DIR)
 from kubefusion.preprocess.stats import compute_numeric_statistics
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,11 @@ def build_artifact(job: JobConfig, root: str | Path, out: Path, key: str, materi
     # Records without a numeric row (missingModality: keep) carry zeros, not values: leave them out.
     numeric = np.array([r.numeric for r in train if r.mask[2]], np.float32).reshape(-1, len(scanned.numeric_columns))
     stats = compute_numeric_statistics(numeric, scanned.numeric_columns)
+    # The records this artifact is built on, so training ranks use exactly these without decoding every image.
+    from kubefusion.data.index import RecordIndex
+
+    index = RecordIndex.from_scan(scanned)
+    index.save(out / RECORD_INDEX)
     timings["scan_and_statistics"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -205,6 +211,7 @@ def build_artifact(job: JobConfig, root: str | Path, out: Path, key: str, materi
         "split": {**sizes, "seed": job.data.split_seed, "validation_fraction": job.data.validation_fraction,
                   "test_fraction": job.data.test_fraction},
         "scan": scanned.report.to_dict(),
+        "record_index": {"file": RECORD_INDEX, "records": len(index), "digest": index.digest()},
         "tokenizer": tokenizer_info,
         "parity": parity,
         "versions": versions(),
