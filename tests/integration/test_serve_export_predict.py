@@ -4,6 +4,7 @@ predictions, and predict imports neither torch nor TensorFlow."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,12 +86,17 @@ def trained(job_and_artifacts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(trained, job_and_artifacts, tmp_path_factory):
+    """Exported from `kubefusion run --local`'s layout (OUT/model.pt beside OUT/artifacts) without --artifacts:
+    the export finds the run's preprocessing by the checkpoint's content key."""
     from kubefusion.cli import main
 
     _, checkpoint, _, _ = trained
+    run = tmp_path_factory.mktemp("runs") / "demo"
+    run.mkdir()
+    (run / "artifacts").symlink_to(job_and_artifacts[2], target_is_directory=True)
+    shutil.copy(checkpoint, run / "model.pt")
     out = tmp_path_factory.mktemp("export") / "served"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out),
-                 "--artifacts", str(job_and_artifacts[2])]) == 0
+    assert main(["export", "--checkpoint", str(run / "model.pt"), "--out", str(out)]) == 0
     return out
 
 
@@ -109,14 +115,16 @@ def _torch_probabilities(model, inputs):
 
 
 def test_export_folder_serves_alone_with_dynamic_axes(exported):
-    files = sorted(p.name for p in exported.iterdir())
-    assert files == ["manifest.json", "model.json", "model.onnx", "model.onnx.data", "preprocess.onnx",
-                     "saved_model", "tokenizer"]
     info = json.loads((exported / "model.json").read_text())
+    preprocessing = {p.name for p in Path(info["preprocessing"]["path"]).iterdir()}
+    assert {"manifest.json", "preprocess.onnx", "saved_model", "tokenizer"} <= preprocessing
+    assert {p.name for p in exported.iterdir()} == preprocessing | {"model.json", "model.onnx", "model.onnx.data"}
     shapes = {i["name"]: i["shape"] for i in info["inputs"]}
     assert shapes["input_ids"] == ["batch", "sequence"] and shapes["pixel_values"][0] == "batch"
     assert info["parity"]["max_abs_diff"] <= 1e-4
     assert set(info["files"]) == {"model.onnx", "model.onnx.data"}
+    assert info["preprocessing"]["content_key"] == info["content_key"]
+    assert "found by the checkpoint's content key" in info["preprocessing"]["chosen"]
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
@@ -161,3 +169,57 @@ def test_export_refuses_a_model_trained_on_other_preprocessing(trained, job_and_
     with pytest.raises(ArtifactError, match="trained with preprocessing 0123456789abcdef01234567"):
         export_model(other, tmp_path / "out", artifacts=job_and_artifacts[2])
     assert not (tmp_path / "out").exists()
+
+
+def _unlabelled_copy(data_root, dest, *, labelled_ids=()):
+    """The dataset with the label column dropped from numeric.csv, and text.csv's labels kept only for
+    ``labelled_ids`` (the other cells empty)."""
+    import csv
+
+    dest.mkdir()
+    (dest / "images").symlink_to(data_root / "images", target_is_directory=True)
+    for name, keep_label in (("text.csv", True), ("numeric.csv", False)):
+        with open(data_root / name, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        columns = [c for c in rows[0] if keep_label or c != "label"]
+        with open(dest / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "label": row["label"] if row["id"] in labelled_ids else ""})
+    return dest
+
+
+def test_predict_on_partly_labelled_data_scores_only_the_labelled_rows(exported, trained, tmp_path):
+    model, _, records, inputs = trained
+    labelled = {r.id for r in records[::3]}
+    root = _unlabelled_copy(Path(records[0].image_path).parent.parent, tmp_path / "serving", labelled_ids=labelled)
+    result = _predict(["--artifacts", str(exported), "--data", str(root)])
+    expected = _torch_probabilities(model, inputs).argmax(axis=1)
+    rows = {row["id"]: row for row in result["predictions"]}
+    assert [rows[r.id]["predicted_index"] for r in records] == expected.tolist()
+    assert result["records"] == len(records) and result["labelled"] == len(labelled)
+    assert all(("label" in rows[r.id]) == (r.id in labelled) for r in records)
+    hits = [expected[i] == r.label for i, r in enumerate(records) if r.id in labelled]
+    assert result["accuracy"] == pytest.approx(np.mean(hits), abs=1e-6)
+
+
+def test_predict_on_unlabelled_data_reports_no_accuracy(exported, trained, tmp_path, capsys):
+    from kubefusion.cli import main
+
+    _, _, records, _ = trained
+    root = _unlabelled_copy(Path(records[0].image_path).parent.parent, tmp_path / "serving")
+    assert main(["predict", "--artifacts", str(exported), "--data", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == len(records) + 1 and "(label" not in out
+    assert out.endswith(f"{len(records)} records, none labelled: no accuracy\n")
+
+
+def test_a_damaged_export_is_one_line_naming_the_file(exported, tmp_path):
+    damaged = tmp_path / "served"
+    shutil.copytree(exported, damaged)
+    (damaged / "model.json").write_text((exported / "model.json").read_text()[:40])
+    proc = subprocess.run(blocked_import_command(["predict", "--artifacts", str(damaged), "--text", "hi"]),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"{damaged / 'model.json'}: not valid JSON" in proc.stderr

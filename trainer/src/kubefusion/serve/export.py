@@ -11,7 +11,14 @@ DIR alone serves (``kubefusion predict --artifacts DIR``)::
 
 The export runs torch and onnxruntime on fresh inputs with a different batch size and sequence length than
 the ones traced (so the dynamic axes are exercised), including absent modalities, and fails if any logit
-differs by more than 1e-4. DIR is written under a temporary name beside it and renamed into place.
+differs by more than 1e-4.
+
+Replacing DIR (:func:`_replace_dir`): the new export is written completely under a temporary name beside DIR
+(``model.json`` last), then the previous export is renamed to ``.DIR.previous``, the new one renamed to DIR,
+and the previous one deleted. Renames within one folder are atomic, so at every moment DIR or
+``.DIR.previous`` holds a complete export and nothing is ever half-written; between the two renames (a few
+microseconds) DIR does not exist, and a reader opening it then fails. If the process dies in that window, the
+next ``kubefusion export`` to DIR renames ``.DIR.previous`` back first (or do it by hand with ``mv``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -45,10 +53,15 @@ PARITY_TOLERANCE = 1e-4
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="model.pt, a training checkpoint, or a folder holding them")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write (replaced atomically)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder to write; a previous export there is replaced by two renames (DIR or "
+                             ".DIR.previous always holds a complete export; see `kubefusion export` in "
+                             "docs/onnx.md); any other non-empty folder is refused")
     parser.add_argument("--artifacts", type=Path, default=None,
-                        help="preprocessing ARTIFACTS folder (default: the one recorded in the checkpoint's job, "
-                             "/artifacts)")
+                        help="preprocessing ARTIFACTS folder (default: the nearest `artifacts` folder beside "
+                             "the checkpoint or above it that holds the checkpoint's content key, as `kubefusion "
+                             "run --local` lays out OUT/artifacts and OUT/model.pt; else /artifacts, the "
+                             "cluster's mount)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -57,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
+        source = result["preprocessing"]
+        print(f"preprocessing {source['content_key']} from {source['path']} ({source['chosen']})", file=sys.stderr)
         print(args.out)
     return 0
 
@@ -64,16 +79,20 @@ def run(args: argparse.Namespace) -> int:
 def export_model(checkpoint: Path, out: Path, *, artifacts: Path | None = None) -> dict[str, Any]:
     """Export ``checkpoint`` into ``out`` (see the module docstring); returns model.json's contents."""
     started = time.perf_counter()
+    out = Path(out).absolute()
+    recover_interrupted_replace(out)
+    check_out_dir(out)  # before the minutes of work, not after
+
     import torch
 
     from kubefusion.model import load_model_from_checkpoint
 
     model, info = load_model_from_checkpoint(Path(checkpoint))
-    pre_dir = _preprocessing_for(info, artifacts)
+    pre_dir, chosen = find_preprocessing(Path(info.get("path") or checkpoint), info.get("content_key"), artifacts)
     pre_manifest = artifact.verify(pre_dir)
     _check_agreement(info, pre_manifest, pre_dir)
+    log.info("preprocessing %s from %s (%s)", pre_manifest["content_key"], pre_dir, chosen)
 
-    out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = artifact.new_temp_dir(out.parent, out.name)
     try:
@@ -94,6 +113,7 @@ def export_model(checkpoint: Path, out: Path, *, artifacts: Path | None = None) 
             "outputs": _model_io(temp / MODEL_FILE, "output"),
             "opset": MODEL_OPSET,
             "checkpoint": {"path": str(info.get("path")), "step": info.get("step")},
+            "preprocessing": {"content_key": pre_manifest["content_key"], "path": str(pre_dir), "chosen": chosen},
             "parity": parity,
             "versions": {"kubefusion": __version__,
                          **artifact.package_versions(("torch", "onnx", "onnxruntime", "onnxscript"))},
@@ -111,15 +131,49 @@ def export_model(checkpoint: Path, out: Path, *, artifacts: Path | None = None) 
     return doc
 
 
-def _preprocessing_for(info: dict[str, Any], artifacts: Path | None) -> Path:
-    key = info.get("content_key")
-    if artifacts is None:
-        artifacts = Path("/artifacts")
-        if not artifacts.exists():
-            raise ArtifactError("--artifacts: needed (the preprocessing ARTIFACTS folder the model was trained with)")
-    if (Path(artifacts) / artifact.MANIFEST).is_file():
-        return Path(artifacts)
-    return artifact.resolve(Path(artifacts), key if key and (Path(artifacts) / key).is_dir() else None)
+CLUSTER_ARTIFACTS = Path("/artifacts")
+ARTIFACTS_FOLDER = "artifacts"
+
+
+def find_preprocessing(checkpoint: Path, content_key: str | None, artifacts: Path | None) -> tuple[Path, str]:
+    """The preprocessing artifact folder the model was trained with, and how it was chosen.
+
+    ``artifacts`` given: that folder (one artifact, or an ARTIFACTS folder: the checkpoint's content key in it,
+    else its ``latest.json``). Otherwise the nearest folder named ``artifacts`` in the checkpoint's folder or
+    any folder above it that holds the checkpoint's content key (``kubefusion run --local`` writes
+    OUT/artifacts beside OUT/model.pt), then the cluster's /artifacts. A checkpoint without a content key
+    (none is recorded) takes the nearest ``artifacts`` folder's ``latest.json``; the export still refuses
+    preprocessing whose classes or numeric columns differ from the model's.
+    """
+    if artifacts is not None:
+        artifacts = Path(artifacts)
+        if (artifacts / artifact.MANIFEST).is_file():
+            return artifacts, "--artifacts"
+        keyed = bool(content_key) and (artifacts / str(content_key) / artifact.MANIFEST).is_file()
+        return artifact.resolve(artifacts, content_key if keyed else None), \
+            "--artifacts, the checkpoint's content key" if keyed else f"--artifacts, its {artifact.POINTER}"
+    searched = [folder / ARTIFACTS_FOLDER for folder in Path(checkpoint).absolute().parents] + [CLUSTER_ARTIFACTS]
+    candidates = [folder for folder in dict.fromkeys(searched) if folder.is_dir()]
+    for folder in candidates:
+        if content_key and (folder / content_key / artifact.MANIFEST).is_file():
+            return folder / content_key, f"found by the checkpoint's content key in {folder}"
+        if content_key and _manifest_key(folder) == content_key:
+            return folder, "found by the checkpoint's content key"
+    if not content_key:
+        for folder in candidates:
+            if (folder / artifact.POINTER).is_file() or (folder / artifact.MANIFEST).is_file():
+                return artifact.resolve(folder), f"the checkpoint records no content key: {folder}'s newest"
+    where = ", ".join(str(f) for f in dict.fromkeys(searched))
+    raise ArtifactError(f"--artifacts: needed; no preprocessing artifact "
+                        f"{'with content key ' + content_key + ' ' if content_key else ''}in {where} "
+                        f"(give the ARTIFACTS folder the model was trained with)")
+
+
+def _manifest_key(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / artifact.MANIFEST).read_text()).get("content_key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_agreement(info: dict[str, Any], manifest: dict[str, Any], pre_dir: Path) -> None:
@@ -228,15 +282,45 @@ def _model_io(path: Path, kind: str) -> list[dict[str, Any]]:
     return [{"name": v.name, "dtype": v.type, "shape": list(v.shape)} for v in values]
 
 
+def previous_dir(out: Path) -> Path:
+    """Where :func:`_replace_dir` keeps the previous export while it swaps in the new one."""
+    return out.with_name(f".{out.name}.previous")
+
+
+def recover_interrupted_replace(out: Path) -> None:
+    """Finish what an export that died while replacing ``out`` left: the previous export back at ``out`` if
+    ``out`` is missing, or, when ``out`` holds the new export, the leftover previous one deleted."""
+    previous = previous_dir(out)
+    if not previous.is_dir():
+        return
+    if not out.exists():
+        os.rename(previous, out)
+        log.warning("%s was missing (an export died while replacing it): restored the previous export", out)
+    elif (out / MODEL_INFO).is_file():
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` may be absent, empty, or a previous export; anything else is refused, never overwritten."""
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / MODEL_INFO).is_file():
+        raise ArtifactError(f"{out}: exists and is not a kubefusion export (no {MODEL_INFO}); choose another --out")
+
+
 def _replace_dir(temp: Path, out: Path) -> None:
-    """Put ``temp`` at ``out``. An existing export there is swapped out (renamed aside, then removed); any other
-    non-empty folder is left alone and refused."""
-    if out.exists() and any(out.iterdir()) and not (out / MODEL_INFO).is_file():
-        raise ArtifactError(f"{out}: exists and is not a kubefusion export; choose another --out")
-    aside = None
-    if out.exists():
-        aside = out.with_name(f"{artifact.TEMP_PREFIX}{out.name}-old-{os.getpid()}")
-        os.rename(out, aside)
-    os.rename(temp, out)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    """Put the complete export ``temp`` at ``out`` (see the module docstring for what is guaranteed)."""
+    check_out_dir(out)  # again: the folder may have changed during the export
+    recover_interrupted_replace(out)  # again: another export may have died meanwhile
+    previous = previous_dir(out)
+    had_previous = out.exists()
+    try:
+        if had_previous:
+            os.rename(out, previous)
+        os.rename(temp, out)
+    except OSError as exc:
+        if had_previous and previous.is_dir() and not out.exists():
+            os.rename(previous, out)
+        raise ArtifactError(f"{out}: could not put the export in place ({exc}); was another export writing "
+                            "it at the same time?") from None
+    shutil.rmtree(previous, ignore_errors=True)
