@@ -9,8 +9,10 @@ Sources and what is made from them:
                                                    rules, split by scope for namespaced installs)
   monitoring/alerts.yaml                        -> charts/kubefusion/files/alerts.yaml (copy)
   monitoring/dashboard.json                     -> charts/kubefusion/files/dashboard.json (copy)
-  charts/kubefusion (default values)            -> manifests/operator.yaml (Deployment, metrics Service)
-  charts/kubefusion (monitoring.enabled=true)   -> manifests/monitoring/*.yaml
+  charts/kubefusion (default values)            -> manifests/operator.yaml (Deployment, metrics Service),
+                                                   manifests/grafana-dashboard.yaml (dashboard ConfigMap)
+  charts/kubefusion (monitoring.enabled=true)   -> manifests/monitoring/*.yaml (ServiceMonitor, PodMonitor,
+                                                   PrometheusRule)
 Rendered objects lose the two Helm-only labels (helm.sh/chart, app.kubernetes.io/managed-by).
 """
 
@@ -142,11 +144,15 @@ def copies() -> dict[Path, str]:
 
 def renderings() -> dict[Path, str]:
     """manifests/ files rendered from the chart (which must already hold current copies)."""
-    operator = [strip_helm_labels(o) for o in helm_template() if o["kind"] in ("Deployment", "Service")]
-    files = {MANIFESTS / "operator.yaml": dump(operator, "charts/kubefusion (default values)")}
+    defaults = helm_template()
+    operator = [strip_helm_labels(o) for o in defaults if o["kind"] in ("Deployment", "Service")]
+    dashboard = [strip_helm_labels(o) for o in defaults if o["kind"] == "ConfigMap"]
+    files = {MANIFESTS / "operator.yaml": dump(operator, "charts/kubefusion (default values)"),
+             MANIFESTS / "grafana-dashboard.yaml": dump(dashboard, "charts/kubefusion (default values)")}
+    # Only these need the Prometheus operator's CRDs; the dashboard is a plain ConfigMap (in manifests/).
     monitoring_files = {
         "ServiceMonitor": "servicemonitor.yaml", "PodMonitor": "podmonitor.yaml",
-        "PrometheusRule": "prometheusrule.yaml", "ConfigMap": "grafana-dashboard.yaml",
+        "PrometheusRule": "prometheusrule.yaml",
     }
     for obj in helm_template("--set", "monitoring.enabled=true"):
         name = monitoring_files.get(obj["kind"])

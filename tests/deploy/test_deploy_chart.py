@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from typing import Any
 
 import jsonschema
@@ -67,8 +68,9 @@ def test_rendered_objects_validate(render, name):
 def test_defaults_install_crd_operator_and_cluster_rbac_without_monitoring(render):
     objects = render()
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service",
-                     "ServiceAccount"]
+    # The dashboard ConfigMap is the one monitoring object that needs no Prometheus operator.
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment",
+                     "Service", "ServiceAccount"]
     crd = one(objects, "CustomResourceDefinition")
     assert crd["metadata"]["name"] == "multimodaltrainjobs.kubefusion.io"
     binding = one(objects, "ClusterRoleBinding")
@@ -170,7 +172,47 @@ def test_monitoring_auto_follows_the_cluster_and_false_wins(render):
     detected = render(*VALUE_SETS["monitoring-auto-detected"])
     assert {o["kind"] for o in detected} >= {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"}
     forced_off = render("--api-versions", "monitoring.coreos.com/v1", "--set", "monitoring.enabled=false")
-    assert not [o for o in forced_off if o["kind"] in PROMETHEUS_OPERATOR_KINDS + ("ConfigMap",)]
+    assert not [o for o in forced_off if o["kind"] in PROMETHEUS_OPERATOR_KINDS]
+
+
+# (flags, Prometheus-operator objects expected, dashboard expected). `helm template` asks no cluster: "auto"
+# sees monitoring.coreos.com/v1 only when --api-versions names it; the dashboard ConfigMap has its own switch.
+MONITORING_COMBINATIONS = [
+    ([], False, True),
+    (["--api-versions", "monitoring.coreos.com/v1"], True, True),
+    (["--set", "monitoring.enabled=true"], True, True),
+    (["--set", "monitoring.enabled=false"], False, True),
+    (["--api-versions", "monitoring.coreos.com/v1", "--set", "monitoring.enabled=false"], False, True),
+    (["--set", "monitoring.grafanaDashboard.enabled=false"], False, False),
+    (["--set", "monitoring.enabled=true", "--set", "monitoring.grafanaDashboard.enabled=false"], True, False),
+    (["--set", "monitoring.enabled=false", "--set", "monitoring.grafanaDashboard.enabled=false"], False, False),
+]
+
+
+@pytest.mark.parametrize("flags, prometheus_objects, dashboard", MONITORING_COMBINATIONS,
+                         ids=[" ".join(f for f in c[0] if f.startswith(("monitoring", "--api"))) or "defaults"
+                              for c in MONITORING_COMBINATIONS])
+def test_dashboard_is_gated_apart_from_the_prometheus_operator_objects(render, flags, prometheus_objects,
+                                                                        dashboard):
+    kinds = [o["kind"] for o in render(*flags)]
+    for kind in PROMETHEUS_OPERATOR_KINDS:
+        assert kinds.count(kind) == int(prometheus_objects), f"{kind} with {flags}"
+    assert kinds.count("ConfigMap") == int(dashboard), f"dashboard ConfigMap with {flags}"
+
+
+def test_training_stalled_threshold_is_a_chart_value(render):
+    def stalled(*flags: str) -> dict[str, Any]:
+        rule = one(render("--set", "monitoring.enabled=true", *flags), "PrometheusRule")
+        (found,) = [r for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "KubefusionTrainingStalled"]
+        return found
+
+    source = yaml.safe_load((ROOT / "monitoring" / "alerts.yaml").read_text())
+    (tested,) = [r for g in source["groups"] for r in g["rules"] if r["alert"] == "KubefusionTrainingStalled"]
+    assert stalled()["expr"] == tested["expr"], "the default is the promtool-tested threshold"
+    assert tested["labels"]["severity"] == "warning"
+    changed = stalled("--set", "monitoring.prometheusRule.trainingStalledMinutes=90")["expr"]
+    assert changed.rstrip().endswith("> 90 * 60") and "30 * 60" not in changed
+    assert changed.replace("> 90 * 60", "> 30 * 60") == tested["expr"]
 
 
 def test_each_monitoring_object_can_be_turned_off(render):
@@ -211,18 +253,48 @@ def test_schema_rejects_bad_values_naming_the_key(helm, flags, complaint):
     assert complaint in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ([], ["all namespaces", "not created", "monitoring.enabled=true"]),
-    (["--set", "operator.watchNamespaces={team-a,team-b}", "--set", "monitoring.enabled=true"],
-     ["namespaces: team-a, team-b", "PodMonitor", "monitoring.podMonitor.labels"]),
-])
-def test_notes_tell_what_was_installed_and_how_to_check_it(helm, flags, expected):
+def notes(helm: str, *flags: str) -> str:
     # `helm template` skips NOTES.txt; a client-side dry-run install renders it without a cluster.
     done = run([helm, "install", "kubefusion", str(CHART), "-n", "kubefusion-system", "--dry-run=client", *flags])
     assert done.returncode == 0, done.stderr
-    notes = done.stdout.split("NOTES:", 1)[1]
-    for text in ["kubectl get mmtj", "pytorchjobs.kubeflow.org", "logs deploy/kubefusion-operator", *expected]:
-        assert text in notes, f"{text!r} missing from NOTES:\n{notes}"
+    return done.stdout.split("NOTES:", 1)[1]
+
+
+@pytest.mark.parametrize("flags, expected, absent", [
+    ([], ["all namespaces", "not created", "--api-versions monitoring.coreos.com/v1", "monitoring.enabled=true",
+          "ConfigMap kubefusion-dashboard"], ["are installed"]),
+    (["--set", "operator.watchNamespaces={team-a,team-b}", "--set", "monitoring.enabled=true"],
+     ["namespaces: team-a, team-b", "PodMonitor", "monitoring.podMonitor.labels", "namespace: team-a}"],
+     ["not created"]),
+    (["--set", "monitoring.enabled=false", "--set", "monitoring.grafanaDashboard.enabled=false"],
+     ["monitoring.enabled is false"], ["--api-versions", "kubefusion-dashboard"]),
+])
+def test_notes_tell_what_was_installed_and_how_to_check_it(helm, flags, expected, absent):
+    text = notes(helm, *flags)
+    for wanted in ["kubectl get mmtj", "pytorchjobs.kubeflow.org", "logs deploy/kubefusion-operator",
+                   "kubectl explain mmtj.spec", *expected]:
+        assert wanted in text, f"{wanted!r} missing from NOTES:\n{text}"
+    for unwanted in ["examples/", "registry.example.com", *absent]:
+        assert unwanted not in text, f"{unwanted!r} in NOTES:\n{text}"
+
+
+def test_notes_job_example_is_a_valid_job_for_the_crd_and_the_trainer(helm, tmp_path):
+    """A packaged-chart user has no examples/ folder: the job NOTES prints must be accepted as it is."""
+    from kubefusion.config import load_job_file
+
+    text = notes(helm)
+    body = text.split("kubectl apply -f -\n", 1)[1].split("\n  EOF", 1)[0]
+    document = yaml.safe_load(textwrap.dedent(body))
+    assert (document["apiVersion"], document["kind"]) == ("kubefusion.io/v1alpha1", "MultimodalTrainJob")
+    crd = yaml.safe_load((CHART / "crds" / "multimodaltrainjobs.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    errors = list(jsonschema.Draft4Validator(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+                  .iter_errors(document["spec"]))
+    assert not errors, [e.message for e in errors]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(document))
+    job = load_job_file(path)
+    assert job.resources.gpus_per_node == 1 and not job.model.vision.pretrained and not job.model.text.pretrained
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ VARIABLES = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
 # Grafana fills these in before Prometheus sees the query; promtool needs concrete values.
 GRAFANA_SUBSTITUTIONS = {
     r"\$__rate_interval|\$__interval|\$__range": "5m",
-    r"\$\{?(namespace|job)\}?": "example",
+    r"\$\{?(namespace|job|stage)\}?": "example",
 }
 
 
@@ -87,6 +87,32 @@ def test_datasource_namespace_and_job_variables_drive_every_query():
             if "kubefusion_trainer_" in target["expr"]:
                 assert 'job_name=~"$job"' in target["expr"] and 'namespace=~"$namespace"' in target["expr"], (
                     f"{panel['title']}: trainer query ignores the namespace/job variables")
+
+
+# Per-stage series (docs/architecture.md): the fused model and each baseline count steps and epochs from 0.
+PROGRESS_AND_THROUGHPUT = ("Epoch", "Step", "Learning rate", "Training loss", "Accuracy", "Samples per second",
+                           "Step time", "Data-wait fraction")
+
+
+def test_progress_and_throughput_are_shown_per_stage_and_filtered_by_the_stage_variable():
+    assert "stage" in VARIABLES["stage"]["definition"] and 'job_name=~"$job"' in VARIABLES["stage"]["definition"]
+    titles = {p["title"]: p for p in PANELS}
+    for title in PROGRESS_AND_THROUGHPUT:
+        for target in titles[title]["targets"]:
+            assert 'stage=~"$stage"' in target["expr"], f"{title}: ignores the stage variable"
+            for by in re.findall(r"by \(([^)]*)\)", target["expr"]):
+                assert "stage" in by.split(", "), f"{title}: aggregates the stages together ({target['expr']})"
+            assert "{{stage}}" in target["legendFormat"], f"{title}: the legend does not name the stage"
+
+
+def test_job_level_panels_count_each_rank_once_whatever_the_stage():
+    """A rank that has trained the fused model and a baseline has series for both: the rank count and the
+    time since the last step must not see it twice, nor the finished stage's frozen timestamp."""
+    titles = {p["title"]: p for p in PANELS}
+    for title in ("Ranks serving metrics", "Time since last step"):
+        (target,) = titles[title]["targets"]
+        assert "by (namespace, job_name, rank)" in target["expr"], title
+        assert "$stage" not in target["expr"], title
 
 
 def test_panels_cover_phases_progress_throughput_data_wait_gpus_and_operator():

@@ -161,6 +161,14 @@ def test_each_stage_keeps_its_own_series_while_the_next_one_trains():
     assert get("kubefusion_trainer_samples_total", labels) is None
 
 
+def test_before_the_first_step_a_rank_shows_zero_progress():
+    """What the KubefusionTrainingNotStarted alert and the dashboard's rank count read."""
+    metrics = TrainerMetrics("ns", "job", 0, None)
+    labels = {"namespace": "ns", "job_name": "job", "rank": "0", **FUSED}
+    assert metrics.registry.get_sample_value("kubefusion_trainer_last_step_timestamp_seconds", labels) == 0
+    assert metrics.registry.get_sample_value("kubefusion_trainer_step", labels) == 0
+
+
 def test_stage_must_be_named():
     metrics = TrainerMetrics("ns", "job", 0, None)
     with pytest.raises(ValueError, match="stage"):

@@ -72,8 +72,9 @@ app.kubernetes.io/component: monitoring
 {{- printf "%s:%s" .Values.trainer.image.repository (default .Chart.AppVersion .Values.trainer.image.tag) }}
 {{- end }}
 
-{{/* Whether to create the Prometheus-operator objects: monitoring.enabled true, or "auto" and the cluster
-     serves monitoring.coreos.com/v1. Returns "true" or "". */}}
+{{/* Whether to create the Prometheus-operator objects (ServiceMonitor, PodMonitor, PrometheusRule):
+     monitoring.enabled true, or "auto" and the cluster serves monitoring.coreos.com/v1 (`helm template` asks
+     no cluster: it sees that API only with --api-versions monitoring.coreos.com/v1). Returns "true" or "". */}}
 {{- define "kubefusion.monitoring" -}}
 {{- $mode := toString .Values.monitoring.enabled }}
 {{- if eq $mode "true" }}true

@@ -33,6 +33,9 @@ STEP_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 # samples_per_second covers at least this much step time: one slow step neither hides nor dominates.
 THROUGHPUT_WINDOW_SECONDS = 10.0
 
+# The model trained first (train/recipe.py stages_for), and the stage of calls that name none.
+FIRST_STAGE = "fused"
+
 
 class MetricsPortError(UserError):
     """The metrics port cannot be bound (another rank or process holds it)."""
@@ -100,6 +103,10 @@ class TrainerMetrics:
             "kubefusion_trainer_gpu_memory_bytes", "CUDA memory of this rank's device (allocated, reserved).",
             LABELS + ("kind",), registry=reg)
         self._values = values
+        # The first stage's progress exists from the start, at 0: a rank that serves metrics but never finishes
+        # a step is what the KubefusionTrainingNotStarted alert looks for, and the dashboard counts ranks by it.
+        for gauge in (self._step, self._last_step):
+            gauge.labels(*values, FIRST_STAGE)
         # RSS and CPU of the rank process: a leaking input pipeline shows here before the OOM kill.
         ProcessCollector(registry=reg)
 
@@ -132,7 +139,7 @@ class TrainerMetrics:
 
     def observe_step(self, step_seconds: float, data_wait_seconds: float, samples: int, loss: float,
                      learning_rate: float, epoch: int, step: int, accuracy: float | None = None, *,
-                     stage: str = "fused") -> None:
+                     stage: str = FIRST_STAGE) -> None:
         """Record one optimizer step (or one logging window of steps: the counters add up either way).
 
         ``stage`` is the model being trained (``fused``, ``baseline-image``...): each stage's step and epoch
@@ -156,7 +163,7 @@ class TrainerMetrics:
         self.observe_gpu_memory()
         self._last_step.labels(*labels).set(time.time())
 
-    def observe_eval(self, split: str, accuracy: float, loss: float, *, stage: str = "fused") -> None:
+    def observe_eval(self, split: str, accuracy: float, loss: float, *, stage: str = FIRST_STAGE) -> None:
         """Record the result of evaluating a split (``validation``, ``test``, ``ood``...) of a stage's model."""
         if not split:
             raise ValueError("observe_eval: split must be a non-empty name such as 'validation'")
