@@ -90,9 +90,21 @@ def test_an_empty_or_missing_dataset_is_named(tmp_path):
 def test_a_damaged_model_json_is_one_artifact_error_naming_it(tmp_path):
     with pytest.raises(ArtifactError, match="model.json: missing"):
         read_model_info(tmp_path)
+    (tmp_path / ".served.previous").mkdir()
+    with pytest.raises(ArtifactError, match=r"served: missing; an export died while replacing it .*\.served\.previous"):
+        read_model_info(tmp_path / "served")
     (tmp_path / "model.json").write_text('{"files": {')
     with pytest.raises(ArtifactError, match="model.json: not valid JSON"):
         read_model_info(tmp_path)
     (tmp_path / "model.json").write_text(json.dumps({"files": {}, "classes": ["a"]}))
     with pytest.raises(ArtifactError, match="model.json: 'content_key' missing"):
         read_model_info(tmp_path)
+
+
+def test_unparsable_csv_is_an_error_naming_the_line(tmp_path):
+    _write(tmp_path, "text.csv", 'id,text\na,fine\n\nb,"multi\nline"\nc,"broken"x\n')
+    with pytest.raises(DataError, match=r"text.csv line 6: unparsable row"):
+        read_dataset(tmp_path, CLASSES, COLUMNS)
+    (tmp_path / "text.csv").write_bytes(b"id,text\na,\xff\xfe\n")
+    with pytest.raises(DataError, match=r"text.csv line 2: not valid UTF-8"):
+        read_dataset(tmp_path, CLASSES, COLUMNS)

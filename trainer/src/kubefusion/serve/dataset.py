@@ -10,18 +10,17 @@ the same id's label in the other files (as in training); an empty label cell, or
 the record unlabelled. Unlike training, an id with only an image is predicted (training drops it: nothing
 says its class). The numeric columns are matched to the model's by name, in any order; a missing or unknown
 column is an error. Any bad row is an error naming the file and line: a prediction must not silently skip a
-record. CSV parsing is the training reader's (:mod:`kubefusion.data.reader`), with its file access pointed at
-local files (serving has no TensorFlow).
+record. Local files only, read with the csv module (the training reader goes through ``tf.io.gfile``, and
+serving has no TensorFlow).
 """
 
 from __future__ import annotations
 
-import contextlib
+import csv
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -65,13 +64,12 @@ def read_dataset(root: Path, classes: Sequence[str], numeric_columns: Sequence[s
         raise DataError(f"{root}: predict reads local folders and files only")
     root = Path(root)
     tables = _Tables(classes, numeric_columns)
-    with _local_files():
-        if root.is_file():
-            _read_manifest(root, tables)
-        elif root.is_dir():
-            _read_folder(root, tables)
-        else:
-            raise DataError(f"{root}: no such dataset folder or manifest file")
+    if root.is_file():
+        _read_manifest(root, tables)
+    elif root.is_dir():
+        _read_folder(root, tables)
+    else:
+        raise DataError(f"{root}: no such dataset folder or manifest file")
     width = len(tables.numeric_columns)
     records = []
     for record_id in sorted(set(tables.image) | set(tables.text) | set(tables.numeric)):
@@ -139,11 +137,20 @@ class _Rows:
     or none or the model's."""
 
     def __init__(self, path: Path, required: tuple[str, ...], tables: _Tables, *, numeric: str) -> None:
-        from kubefusion.data.reader import _header, _open_csv
-
         self.path, self.tables = path, tables
-        self._rows = _open_csv(str(path), self._bad)
-        self.header = _header(str(path), self._rows, required)
+        self._rows = _csv_rows(path)
+        try:
+            _, header = next(self._rows)
+        except StopIteration:
+            raise DataError(f"{path}: empty file; expected a header with {','.join(required)}") from None
+        self.header = [name.strip() for name in header]
+        lacking = [name for name in required if name not in self.header]
+        if lacking:
+            raise DataError(f"{path} line 1: header lacks column(s) {', '.join(lacking)} "
+                            f"(found {','.join(self.header)})")
+        repeated = sorted({name for name in self.header if self.header.count(name) > 1})
+        if repeated:
+            raise DataError(f"{path} line 1: column(s) {', '.join(repeated)} appear more than once")
         others = [c for c in self.header if c not in required and c != "label"]
         self.positions: list[int] = []
         if numeric == "none" and others:
@@ -164,9 +171,6 @@ class _Rows:
             raise DataError(f"{self.path} line 1: {'; '.join(problems)} (the model's numeric columns: "
                             f"{', '.join(wanted) or 'none'})")
         self.positions = [self.header.index(c) for c in wanted]
-
-    def _bad(self, reason: str, where: str, detail: str) -> None:
-        raise DataError(f"{where}: {reason.replace('_', ' ')}: {detail}")
 
     def __iter__(self) -> Iterator[tuple[int, str, list[str]]]:
         for line, cells in self._rows:
@@ -213,29 +217,29 @@ class _Rows:
         return values
 
 
-class _LocalFiles:
-    """The slice of ``tf.io.gfile`` the training reader's CSV functions use, for local paths."""
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, cells) for each non-blank row, header first; a row the csv module cannot
+    parse, or a line that is not UTF-8, is an error naming its line."""
 
-    @staticmethod
-    def exists(path: str) -> bool:
-        return os.path.exists(path)
+    def lines(fh: Iterator[bytes]) -> Iterator[str]:
+        for number, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path} line {number}: not valid UTF-8") from None
+            yield text.removeprefix("\ufeff") if number == 1 else text
 
-    @staticmethod
-    def isdir(path: str) -> bool:
-        return os.path.isdir(path)
-
-    @staticmethod
-    def GFile(path: str, mode: str = "rb") -> IO[bytes]:  # noqa: N802 (mirrors tf.io.gfile.GFile)
-        return open(path, mode)
-
-
-@contextlib.contextmanager
-def _local_files() -> Iterator[None]:
-    from kubefusion.data import _gfile
-
-    original = _gfile.gfile
-    _gfile.gfile = lambda: _LocalFiles  # type: ignore[assignment]
     try:
-        yield
-    finally:
-        _gfile.gfile = original  # type: ignore[assignment]
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with fh:
+        reader = csv.reader(lines(fh), strict=True)
+        start = 1  # the first bad row ends the read: no resynchronising after it, unlike training's skip
+        try:
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    yield start, row
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise DataError(f"{path} line {start}: unparsable row: {exc}") from None

@@ -173,6 +173,12 @@ def read_model_info(folder: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
+        from kubefusion.serve.export import previous_dir
+
+        if not folder.exists() and previous_dir(folder).is_dir():
+            raise ArtifactError(f"{folder}: missing; an export died while replacing it and left the previous export "
+                                f"at {previous_dir(folder)} (the next `kubefusion export --out {folder}` puts it "
+                                "back, or rename it)") from None
         raise ArtifactError(f"{path}: missing; --artifacts must be a folder written by `kubefusion export`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc}); export the model again") from None
