@@ -310,3 +310,69 @@ def test_manifest_with_every_bad_kind_counts_under_skip_and_fails_at_the_first(i
     assert [r.id for r in result.records] == ["r000", "r005", "r007", "r009"]
     with pytest.raises(DataError, match=r"manifest\.csv line 3: missing file: image .*gone\.png of id 'r001'"):
         scan(cfg(manifest="manifest.csv"), root, classes=["c0", "c1", "c2"])
+
+
+def _break_quote(root: Path, record_id: str, closing_on: str | None) -> tuple[int, list[str]]:
+    """Open a quote in ``record_id``'s text row that is never closed on its line; ``closing_on``: the id of a
+    later row whose text gets quoted (so the csv module pairs the quotes across lines), None for no quote
+    anywhere after. Returns (the broken row's line, the text.csv lines)."""
+    lines = (root / "text.csv").read_text().splitlines()
+    broken = next(i for i, line in enumerate(lines) if line.startswith(record_id + ","))
+    rid, text, label = lines[broken].split(",")
+    lines[broken] = f'{rid},"{text},{label}'
+    if closing_on is not None:
+        later = next(i for i, line in enumerate(lines) if line.startswith(closing_on + ","))
+        assert later == broken + 1
+        rid, text, label = lines[later].split(",")
+        lines[later] = f'{rid},"{text}",{label}'
+    (root / "text.csv").write_text("\n".join(lines) + "\n")
+    return broken + 1, lines
+
+
+def test_a_broken_quote_makes_every_swallowed_row_bad_not_missing(id_dataset):
+    root = id_dataset()
+    lines = (root / "text.csv").read_text().splitlines()
+    first, second = lines[3].split(",")[0], lines[4].split(",")[0]
+    line, _ = _break_quote(root, first, closing_on=second)
+    with pytest.raises(DataError, match=rf"text\.csv lines {line}-{line + 1}: unparsable row: .*"
+                                        rf"ids '{first}', '{second}'"):
+        scan(cfg(), root)
+    result = scan(cfg(on_bad_record="skip", missing_modality="keep"), root)
+    assert result.report.bad["unparsable_row"] == 2
+    assert result.report.missing == {"image": 0, "text": 0, "numeric": 0}
+    assert {first, second}.isdisjoint(r.id for r in result.records) and result.report.joined == 10
+    assert f"lines {line}-{line + 1}" in result.report.first_bad["unparsable_row"]
+
+
+def test_an_unclosed_quote_that_swallows_the_rest_of_the_file_says_so(id_dataset):
+    root = id_dataset()
+    lines = (root / "text.csv").read_text().splitlines()
+    line, lines = _break_quote(root, lines[8].split(",")[0], closing_on=None)
+    swallowed = [row.split(",")[0].strip('"') for row in lines[line - 1:]]
+    with pytest.raises(DataError, match=rf"text\.csv lines {line}-{len(lines)}: unparsable row: unclosed quote: "
+                                        rf"the quoted field opened on line {line} runs to the end of the file"):
+        scan(cfg(), root)
+    result = scan(cfg(on_bad_record="skip", missing_modality="keep"), root)
+    assert result.report.bad["unparsable_row"] == len(swallowed) == len(lines) - line + 1
+    assert result.report.missing["text"] == 0
+    assert set(swallowed).isdisjoint(r.id for r in result.records)
+
+
+def test_empty_text_and_all_empty_numeric_rows_are_missing_modalities_in_both_layouts(id_dataset):
+    root = id_dataset()
+    edit_row(root / "text.csv", "r002", lambda row: [row[0], "  ", row[2]])
+    edit_row(root / "numeric.csv", "r003", lambda row: [row[0], "", "", row[3]])
+    files = {r.id: r for r in scan(cfg(missing_modality="keep"), root).records}
+
+    by_id = {row[0]: row for row in rows(root / "text.csv")[1:]}
+    numeric = {row[0]: row for row in rows(root / "numeric.csv")[1:]}
+    table = [["id", "image", "text", "feature1", "feature2", "label"]]
+    table += [[k, f"images/{k}.png", by_id[k][1], numeric[k][1], numeric[k][2], by_id[k][2]] for k in sorted(by_id)]
+    write_rows(root / "manifest.csv", table)
+    manifest = {r.id: r for r in scan(cfg(manifest="manifest.csv", missing_modality="keep"), root).records}
+
+    for result in (files, manifest):
+        assert result["r002"].mask == (True, False, True) and result["r002"].text is None
+        assert result["r003"].mask == (True, True, False) and result["r003"].numeric.tolist() == [0.0, 0.0]
+    dropped = scan(cfg(), root)
+    assert dropped.report.missing == {"image": 0, "text": 1, "numeric": 1} and dropped.report.joined == 10

@@ -5,8 +5,10 @@ Layouts (``root`` is a local folder or a URI that ``tf.io.gfile`` reads):
 - three sources: ``root/images/<id>.png|.jpg|.jpeg``, ``root/text.csv`` (``id,text,label``) and
   ``root/numeric.csv`` (``id,<numeric columns>,label``), columns in any order, rows in any order;
 - one manifest (``spec.data.manifest``): ``id,image,text,<numeric columns>,label``; ``image`` is a path relative
-  to the manifest's folder (or absolute, or a URI). An empty ``image`` or ``text`` cell means that modality is
-  missing; a row whose numeric cells are all empty has no numeric modality.
+  to the manifest's folder (or absolute, or a URI). An empty ``image`` cell means the image is missing.
+
+In both layouts an empty (or blank) text cell means the text modality is missing, and a row whose numeric cells
+are all empty has no numeric modality (its label still counts).
 
 Records are matched by id only, never by position. An empty numeric cell (or ``nan``) is a missing *value*
 (NaN, imputed later by the preprocessing); a cell that is not a finite number is a bad record.
@@ -121,10 +123,13 @@ def scan(
 # ------------------------------------------------------------------------------------------ CSV reading
 
 
-def _csv_rows(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
+def _csv_rows(path: str, bad: BadRecords, bad_ids: set[str]) -> Iterator[tuple[int, list[str]]]:
     """(line where the row starts, cells) for each non-blank row, header first. A row that the csv module
-    cannot parse, or that is not UTF-8, is reported as ``unparsable_row`` and not yielded."""
+    cannot parse, or that is not UTF-8, is reported as ``unparsable_row`` and not yielded; the ids of a row
+    the csv module rejects, and of every line a broken quote swallowed with it, go into ``bad_ids`` (so they
+    count as bad records, never as ids missing a modality)."""
     not_utf8: set[int] = set()
+    consumed: list[str] = []  # raw lines of the row being parsed: a rejected row's ids are read from them
 
     def lines() -> Iterator[str]:
         with _gfile.readable(path), _gfile.open_binary(path) as fh:
@@ -134,25 +139,58 @@ def _csv_rows(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
                 except UnicodeDecodeError:
                     not_utf8.add(number)
                     text = raw.decode("utf-8", "replace")
-                yield text.removeprefix("\ufeff") if number == 1 else text
+                text = text.removeprefix("\ufeff") if number == 1 else text
+                consumed.append(text)
+                yield text
 
     reader = csv.reader(lines(), strict=True)
-    start = 1
+    start, id_col = 1, 0
     while True:
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            bad("unparsable_row", f"{path} line {start}", str(exc))
+            _broken_row(path, start, reader.line_num, consumed, str(exc), id_col, bad, bad_ids)
+            consumed.clear()
             start = reader.line_num + 1
             continue
+        consumed.clear()
         end = reader.line_num
+        if start == 1 and "id" in (header := [cell.strip() for cell in row]):
+            id_col = header.index("id")
         if not_utf8 and any(start <= n <= end for n in not_utf8):
             bad("unparsable_row", f"{path} line {start}", "not valid UTF-8")
         elif row and any(cell.strip() for cell in row):
             yield start, row
         start = end + 1
+
+
+def _broken_row(path: str, start: int, end: int, consumed: list[str], error: str, id_col: int,
+                bad: BadRecords, bad_ids: set[str]) -> None:
+    """Report a row the csv module rejected. An unbalanced quote makes it read on past the row's own line,
+    so the lines ``start..end`` may hold several rows: each line's id (its raw id field) is bad."""
+    ids = [i for i in dict.fromkeys(_raw_id(line, id_col) for line in consumed) if i]
+    bad_ids.update(ids)
+    listed = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    which = f"id {listed}" if len(ids) == 1 else f"ids {listed}" if ids else "no readable id"
+    if "unexpected end of data" in error:
+        where = f"{path} lines {start}-{end}" if end > start else f"{path} line {start}"
+        detail = (f"unclosed quote: the quoted field opened on line {start} runs to the end of the file "
+                  f"(line {end}), swallowing {end - start + 1} line(s) ({which})")
+    elif end > start:
+        where = f"{path} lines {start}-{end}"
+        detail = f"{error} (a quoted field runs over lines {start}-{end}; {which})"
+    else:
+        where = f"{path} line {start}"
+        detail = f"{error} ({which})"
+    bad("unparsable_row", where, detail, count=max(1, len(ids)))
+
+
+def _raw_id(line: str, id_col: int) -> str:
+    """The id field of one raw line, read without the csv module's quoting rules (the quoting is broken)."""
+    fields = line.rstrip("\r\n").split(",")
+    return fields[id_col].strip().strip('"').strip() if id_col < len(fields) else ""
 
 
 def _header(path: str, rows: Iterator[tuple[int, list[str]]], required: tuple[str, ...]) -> list[str]:
@@ -170,12 +208,12 @@ def _header(path: str, rows: Iterator[tuple[int, list[str]]], required: tuple[st
     return header
 
 
-def _open_csv(path: str, bad: BadRecords) -> Iterator[tuple[int, list[str]]]:
+def _open_csv(path: str, bad: BadRecords, bad_ids: set[str]) -> Iterator[tuple[int, list[str]]]:
     if not _gfile.exists(path):
         raise DataError(f"{path}: no such file")
     if _gfile.isdir(path):
         raise DataError(f"{path}: is a folder, expected a CSV file")
-    return _csv_rows(path, bad)
+    return _csv_rows(path, bad, bad_ids)
 
 
 class _RowReader:
@@ -288,7 +326,7 @@ def _read_images(images_dir: str, tables: _Tables, bad: BadRecords) -> None:
 
 
 def _read_text(path: str, tables: _Tables, bad: BadRecords) -> None:
-    rows = _open_csv(path, bad)
+    rows = _open_csv(path, bad, tables.bad_ids)
     header = _header(path, rows, ("id", "text", "label"))
     extra = [c for c in header if c not in ("id", "text", "label")]
     if extra:
@@ -297,12 +335,12 @@ def _read_text(path: str, tables: _Tables, bad: BadRecords) -> None:
     text_col = header.index("text")
     for line, cells in rows:
         record_id = reader.row(line, cells)
-        if record_id is not None:
+        if record_id is not None and cells[text_col].strip():  # an empty text is no text, as in a manifest
             tables.text[record_id] = cells[text_col]
 
 
 def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
-    rows = _open_csv(path, bad)
+    rows = _open_csv(path, bad, tables.bad_ids)
     header = _header(path, rows, ("id", "label"))
     columns = [c for c in header if c not in ("id", "label")]
     if not columns:
@@ -312,7 +350,7 @@ def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
     positions = [header.index(c) for c in columns]
     for line, cells in rows:
         record_id = reader.row(line, cells)
-        if record_id is None:
+        if record_id is None or not any(cells[j].strip() for j in positions):  # no values: no numeric modality
             continue
         values = reader.numbers(line, record_id, cells, positions)
         if values is not None:
@@ -320,7 +358,7 @@ def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
 
 
 def _read_manifest(path: str, tables: _Tables, bad: BadRecords) -> None:
-    rows = _open_csv(path, bad)
+    rows = _open_csv(path, bad, tables.bad_ids)
     header = _header(path, rows, ("id", "image", "text", "label"))
     columns = [c for c in header if c not in ("id", "image", "text", "label")]
     tables.numeric_columns = columns

@@ -129,13 +129,14 @@ class BadRecords:
         self.policy = policy
         self.report = report
 
-    def __call__(self, reason: str, where: str, detail: str) -> None:
+    def __call__(self, reason: str, where: str, detail: str, count: int = 1) -> None:
+        """``count``: how many records the one message stands for (rows a broken quote swallowed)."""
         message = f"{where}: {_REASON_TEXT[reason]}: {detail}"
         if self.policy == "fail":
             raise DataError(
                 f"{message} (spec.data.onBadRecord is fail; set it to skip to drop and count such records)"
             )
-        self.report.bad[reason] += 1
+        self.report.bad[reason] += count
         self.report.first_bad.setdefault(reason, message)
 
 
