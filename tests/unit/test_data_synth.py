@@ -77,3 +77,18 @@ def test_synth_refuses_to_overwrite_a_folder_with_something_else(tmp_path):
     with pytest.raises(DataError, match="exists and is not this dataset"):
         synthesize(tmp_path / "mine", samples=5, progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_write_error_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+    from kubefusion import cli
+    from kubefusion.data import synth
+
+    def denied(out, **kw):
+        raise PermissionError(13, "Permission denied", str(out / "images"))
+
+    monkeypatch.setattr(synth, "_write_split", denied)
+    assert cli.main(["data", "synth", "--out", str(tmp_path / "d"), "--samples", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'd'}: cannot write the dataset (Permission denied at ")
+    assert err.endswith("/images)\n") and err.count("\n") == 1
+    assert not list(tmp_path.glob(".d.tmp-*"))  # the temporary folder is gone

@@ -288,6 +288,11 @@ def synthesize(
     ood_samples = round(samples * ood_fraction)
     info = describe(samples=samples, seed=seed, image_size=image_size, ood_samples=ood_samples,
                     label_noise=label_noise)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; --out names the dataset folder to write")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise DataError(f"{out}: cannot create it: {blocking} is a file, not a folder")
     existing = _read_info(out)
     if existing == info:
         log.info("%s already holds this dataset (samples=%d, seed=%d); kept", out, samples, seed)
@@ -373,8 +378,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = synthesize(args.out, samples=args.samples, seed=args.seed, image_size=args.image_size,
-                      ood_fraction=args.ood_fraction, label_noise=args.label_noise, overwrite=args.overwrite)
+    try:
+        info = synthesize(args.out, samples=args.samples, seed=args.seed, image_size=args.image_size,
+                          ood_fraction=args.ood_fraction, label_noise=args.label_noise, overwrite=args.overwrite)
+    except OSError as exc:  # a parent that is a file, no permission, a full disk: one line, not a traceback
+        where = exc.filename or args.out
+        raise DataError(f"--out {args.out}: cannot write the dataset ({exc.strerror or exc} at {where})") from None
     c = info["ceilings"]
     print(f"{args.out}: {info['samples']} records, {info['ood']['samples']} OOD records in ood/, "
           f"{info['num_classes']} classes")
