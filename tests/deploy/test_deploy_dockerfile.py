@@ -4,9 +4,10 @@ file itself so that a change that breaks a promise fails here rather than in a c
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
-from deploy_util import ROOT, run
+from deploy_util import ROOT, load_yaml_docs, one, run
 
 pytestmark = pytest.mark.tools
 
@@ -99,7 +100,8 @@ def test_operator_image_is_python_311_slim_without_torch_or_tensorflow():
 
 def test_trainer_image_has_cuda_torch_at_the_pinned_version_and_cpu_tensorflow():
     cuda_base = base("cuda-base")
-    assert cuda_base.startswith("nvidia/cuda:13.0.") and "-runtime-" in cuda_base, cuda_base
+    # `base`, not `runtime`: the cu130 torch wheel brings the CUDA libraries as nvidia-* pip packages.
+    assert cuda_base.startswith("nvidia/cuda:13.0.") and "-base-ubuntu" in cuda_base, cuda_base
     assert base("trainer") == "cuda-base"
     build = " ".join(stages()["trainer-build"])
     torch = requirement_pin("trainer.txt", "torch")
@@ -123,3 +125,96 @@ def test_dockerignore_keeps_the_context_to_requirements_and_packages():
               for m in re.findall(r"^COPY\s+(?!--from)(\S+)", line)}
     for source in copied:
         assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Who the images run as, against who the pods run as.
+
+def instruction_args(stage: str, instruction: str) -> list[str]:
+    """Arguments of every `instruction` (USER, WORKDIR, ENV...) of a stage, in order."""
+    return [line.split(None, 1)[1] for line in stages()[stage] if line.upper().startswith(instruction + " ")]
+
+
+def env(stage: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for args in instruction_args(stage, "ENV"):
+        for word in shlex.split(args):
+            key, _, value = word.partition("=")
+            found[key] = value
+    return found
+
+
+def user(stage: str) -> tuple[int, int]:
+    uid, _, gid = instruction_args(stage, "USER")[-1].partition(":")
+    return int(uid), int(gid or uid)
+
+
+def shell(stage: str) -> str:
+    return " ".join(instruction_args(stage, "RUN"))
+
+
+def test_trainer_runs_as_the_uid_the_operator_gives_its_pods():
+    from kubefusion_operator import api
+
+    assert user("trainer") == (api.RUN_AS_USER, api.RUN_AS_USER), (
+        f"trainer USER {user('trainer')} but the operator runs pods as {api.RUN_AS_USER}:{api.RUN_AS_USER} "
+        "(kubefusion_operator.api.RUN_AS_USER)")
+    script = shell("trainer")
+    assert f"useradd --uid {api.RUN_AS_USER} --gid {api.RUN_AS_USER}" in script
+    assert f"groupadd --gid {api.RUN_AS_USER}" in script
+
+
+def test_ubuntus_own_uid_1000_user_is_removed_before_ours_is_added():
+    """ubuntu:24.04 (so nvidia/cuda's ubuntu24.04) has user and group `ubuntu` as 1000: useradd/groupadd
+    --uid/--gid 1000 would fail on it."""
+    script = shell("trainer")
+    assert "ubuntu24.04" in base("cuda-base")
+    assert script.index("userdel ubuntu") < script.index("groupdel ubuntu") < script.index("groupadd")
+    assert script.index("groupadd") < script.index("useradd")
+
+
+def test_trainer_home_and_hf_cache_are_writable_for_its_uid_and_group_0_and_readable_by_all():
+    from kubefusion_operator import api
+
+    variables = env("trainer")
+    home, hf_home = variables["HOME"], variables["HF_HOME"]
+    assert instruction_args("trainer", "WORKDIR")[-1] == home
+    assert hf_home == "/opt/hf-cache" and variables["HF_HUB_OFFLINE"] == "1"
+    script = shell("trainer")
+    assert f"--home-dir {home}" in script and "--create-home" not in script, (
+        "useradd --create-home makes HOME mode 0750 (Ubuntu's HOME_MODE)")
+    for folder in (home, hf_home):
+        assert re.search(rf"mkdir -p [^&]*{re.escape(folder)}\b", script), folder
+        assert re.search(rf"chown {api.RUN_AS_USER}:0 [^&]*{re.escape(folder)}\b", script), folder
+        assert re.search(rf"chmod 0775 [^&]*{re.escape(folder)}\b", script), folder
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert hf_home in deploy and f"uid {api.RUN_AS_USER}" in deploy, "docs/deploy.md says where to bake weights"
+
+
+def test_operator_image_user_is_what_the_chart_and_manifests_run_it_as(render):
+    uid, gid = user("operator")
+    assert f"useradd --system --uid {uid} --gid {gid}" in shell("operator")
+    rendered = one(render(), "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    manifest = one(load_yaml_docs((ROOT / "manifests" / "operator.yaml").read_text()), "Deployment")
+    for where, context in (("chart", rendered), ("manifests/operator.yaml",
+                                                 manifest["spec"]["template"]["spec"]["securityContext"])):
+        assert (context["runAsUser"], context["runAsGroup"]) == (uid, gid), (
+            f"{where} runs the operator as {context['runAsUser']}:{context['runAsGroup']}, the image as {uid}:{gid}")
+
+
+def test_local_packages_build_on_the_pinned_setuptools_without_isolation():
+    """An isolated build would fetch the newest setuptools at build time: the packages are built with
+    --no-build-isolation on a setuptools pinned in the Dockerfile, installed before them in the same stage."""
+    text = DOCKERFILE.read_text()
+    pin = re.search(r"^ARG SETUPTOOLS_VERSION=(\d+\.\d+\.\d+)$", text, flags=re.MULTILINE)
+    assert pin, "ARG SETUPTOOLS_VERSION=<x.y.z> before the first FROM"
+    assert text.index(pin.group(0)) < text.index("\nFROM ")
+    for stage, package in (("operator-build", "/src/operator"), ("trainer-build", "/src/trainer")):
+        lines = stages()[stage]
+        assert "ARG SETUPTOOLS_VERSION" in lines, f"{stage} must redeclare the global ARG"
+        installs = [i for i, line in enumerate(lines) if re.search(rf"install .*{package}\b", line)]
+        assert installs and all("--no-build-isolation" in lines[i] for i in installs), f"{stage}: {package}"
+        pinned = [i for i, line in enumerate(lines) if '"setuptools==${SETUPTOOLS_VERSION}"' in line]
+        assert pinned and pinned[0] < installs[0], f"{stage}: install the pinned setuptools before {package}"
+        assert "requirements/" in lines[pinned[0]], (
+            f"{stage}: pin setuptools in the same resolve as the requirements, so no dependency pulls another")
