@@ -31,10 +31,9 @@ def test_synth_then_validate_reports_every_record_joined(tmp_path):
         assert not [line for line in done.stderr.splitlines() if "oneDNN" in line or "absl" in line], done.stderr
 
 
-def test_validate_does_not_import_torch_or_transformers(tmp_path):
-    from conftest import id_coded_dataset
-
-    root = id_coded_dataset(tmp_path / "d", 4)
+def test_validate_does_not_import_torch_or_transformers(id_dataset):
+    # The fixture, not `from conftest import ...`: with several conftest.py files that import is ambiguous.
+    root = id_dataset(4)
     code = ("import sys, io, contextlib; from kubefusion.cli import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()): rc = main(['data', 'validate', {str(root)!r}])\n"
             "print(rc, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
