@@ -27,8 +27,8 @@ def _by_id(records):
 
 
 def test_unlabelled_folder_predicts_every_id_and_matches_numeric_columns_by_name(tmp_path):
-    _write(tmp_path, "text.csv", "id,text\na,hello\nb,world\n")
-    _write(tmp_path, "numeric.csv", "weight,id,height\n2.5,a,1\n,c,3\n")  # columns in another order
+    _write(tmp_path, "text.csv", "id,text\na,hello\nb,world\nc,\n")  # c: empty text is a missing text
+    _write(tmp_path, "numeric.csv", "weight,id,height\n2.5,a,1\n,c,3\n,b,\n")  # other column order; b: none
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "d.png").write_bytes(b"")  # listed, not decoded: an image-only id is predicted too
     records = _by_id(read_dataset(tmp_path, CLASSES, COLUMNS))
@@ -37,6 +37,7 @@ def test_unlabelled_folder_predicts_every_id_and_matches_numeric_columns_by_name
     np.testing.assert_array_equal(records["a"].numeric, np.array([1.0, 2.5], np.float32))
     assert records["c"].numeric[0] == 3.0 and np.isnan(records["c"].numeric[1])
     assert records["a"].mask == (False, True, True)
+    assert records["b"].mask == (False, True, False) and records["c"].mask == (False, False, True)
     assert records["d"].mask == (True, False, False) and records["d"].image_path.endswith("d.png")
 
 

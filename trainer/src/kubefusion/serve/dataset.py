@@ -96,11 +96,13 @@ def _read_folder(root: Path, tables: _Tables) -> None:
         rows = _Rows(text, ("id", "text"), tables, numeric="none")
         text_col = rows.header.index("text")
         for _, record_id, cells in rows:
-            tables.text[record_id] = cells[text_col]
+            if cells[text_col].strip():  # an empty cell is a missing text, as the training reader counts it
+                tables.text[record_id] = cells[text_col]
     if numeric.is_file():
         rows = _Rows(numeric, ("id",), tables, numeric="required")
         for line, record_id, cells in rows:
-            tables.numeric[record_id] = rows.numbers(line, record_id, cells)
+            if any(cells[j].strip() for j in rows.positions):  # all empty: no numeric modality (as in training)
+                tables.numeric[record_id] = rows.numbers(line, record_id, cells)
 
 
 def _read_images(folder: Path, tables: _Tables) -> None:
