@@ -3,7 +3,7 @@
 #   docker build --target trainer  -t kubefusion-trainer:0.1.0 .
 # Each target has a build stage that installs into a virtual environment and a final stage that only copies
 # that environment in: no compiler, package cache or source tree ships.
-# Users (docs/operator.md "Pods", docs/deploy.md "Images"):
+# Users (docs/operator.md "PyTorchJob <job>", security; docs/deploy.md "Images"):
 #   trainer   uid/gid 1000, the uid the operator runs every training pod as (runAsUser/runAsGroup/fsGroup 1000,
 #             kubefusion_operator.api.RUN_AS_USER); HOME=/home/kubefusion (the WORKDIR) and HF_HOME=/opt/hf-cache
 #             are owned by 1000 with group 0 and mode 0775, so uid 1000, or any uid in group 0, can write them.
