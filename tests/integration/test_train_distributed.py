@@ -150,3 +150,50 @@ def test_sigkill_mid_training_resumes_from_checkpoint_with_the_same_losses(setup
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
     results = json.loads((output / "results.json").read_text())
     assert results["fused"]["test"]["samples"] == 16 and "ood" in results["fused"]
+
+
+def rank_process(root_pid: int, rank: int) -> int | None:
+    """The worker process of ``rank`` among ``root_pid``'s descendants (torchrun sets RANK in its environment)."""
+    for pid in process_tree(root_pid)[1:]:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def test_a_rank_dying_mid_training_ends_the_run_promptly_with_one_error_line(setup, tmp_path):
+    from kubefusion.local import run_filtered
+
+    output = tmp_path / "dies"
+    checkpoints = output / "checkpoints" / "fused"
+    timeout = json.loads(json.dumps(tiny_job(setup["data"])))["spec"]["training"]["collectiveTimeoutSeconds"]
+    result: dict = {}
+
+    def kill_rank_1_once_training_runs():
+        deadline = time.monotonic() + 180
+        while not list(checkpoints.glob("step-*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = rank_process(result["torchrun"], 1)
+        result["killed_at"] = time.monotonic()
+        os.kill(victim, signal.SIGKILL)  # what the OOM killer does to one pod's process
+
+    import threading
+    from unittest import mock
+
+    real_popen = subprocess.Popen
+
+    def remembering_popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        result["torchrun"] = proc.pid
+        threading.Thread(target=kill_rank_1_once_training_runs, daemon=True).start()
+        return proc
+
+    with mock.patch("kubefusion.local.subprocess.Popen", remembering_popen):
+        code, out = run_filtered(train_command(setup, output), env=child_env(), log_path=tmp_path / "torchrun.log")
+    ended_after = time.monotonic() - result["killed_at"]
+    assert code != 0 and not (output / "model.pt").exists()
+    assert ended_after < timeout / 2, f"the run took {ended_after:.0f} s to end after rank 1 died"
+    assert out.reason() == "rank 1 was killed by SIGKILL", (tmp_path / "torchrun.log").read_text()[-3000:]

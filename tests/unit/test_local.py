@@ -98,3 +98,12 @@ def test_an_output_path_under_a_file_is_one_error_line(tmp_path, command, capsys
     err = capsys.readouterr().err.strip()
     assert err == f"error: --output {blocker / 'out'}: cannot use it as the output folder (not a directory); " \
                   "give a folder path that can be created and written"
+
+
+def test_a_killed_rank_is_the_reason_not_the_peer_errors_it_causes():
+    out, _ = feed([
+        "[rank0]: RuntimeError: [../gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer.",
+        "Failures:", "[1]:", "  rank      : 0 (local_rank: 0)", "  exitcode  : -15 (pid: 30034)  (SIGTERM)",
+        "Root Cause (first observed failure):", "[0]:", "  rank      : 1 (local_rank: 1)",
+        "  exitcode  : -9 (pid: 30035)  (SIGKILL)"])
+    assert out.reason() == "rank 1 was killed by SIGKILL"

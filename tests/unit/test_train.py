@@ -12,7 +12,7 @@ from kubefusion.errors import ArtifactError
 from kubefusion.model import build_model
 from kubefusion.train import checkpoint as ckpt
 from kubefusion.train.evaluate import SplitStats
-from kubefusion.train.loop import masked_cross_entropy, precision_setup
+from kubefusion.train.loop import masked_cross_entropy
 from kubefusion.train.optim import build_optimizer, freeze_backbones, warmup_cosine
 from kubefusion.train.results import render_markdown, summarize
 
@@ -43,7 +43,9 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     with caplog.at_level(logging.WARNING):
         state, path = ckpt.load_latest_checkpoint(tmp_path)
     assert state["step"] == 10
-    assert str(newest) in caplog.text
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"warning: skipping corrupt checkpoint {newest} (not a readable checkpoint")
+    assert warning.count(str(newest)) == 1 and "\n" not in warning
 
 
 def test_no_checkpoint_means_a_fresh_start_and_a_missing_model_is_named(tmp_path):
@@ -108,30 +110,6 @@ def test_pretrained_encoders_train_slower_and_frozen_ones_not_at_all():
     assert lr_of[id(text_param)] == pytest.approx(1e-4)
     assert lr_of[id(model.head[1].weight)] == pytest.approx(1e-3)
     assert not any(id(p) in lr_of for p in model.encoders["image"].backbone.parameters())
-
-
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_step_on_cpu(precision):
-    torch.manual_seed(0)
-    model = small_model()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    autocast, scaler = precision_setup(precision, torch.device("cpu"))
-    x = {"pixel_values": torch.randn(4, 3, 32, 32), "input_ids": torch.randint(0, 30522, (4, 8)),
-         "attention_mask": torch.ones(4, 8, dtype=torch.long), "numeric": torch.randn(4, 4),
-         "modality_mask": torch.ones(4, 3, dtype=torch.bool)}
-    with autocast():
-        logits = model(**x)
-    assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float16)
-    loss = masked_cross_entropy(logits, torch.tensor([0, 1, 2, 0]), torch.ones(4, dtype=torch.bool))
-    assert torch.isfinite(loss)
-    scaler.scale(loss).backward()
-    assert scaler.is_enabled() == (precision == "fp16")
-    before = model.head[1].weight.detach().clone()
-    scaler.step(optimizer)
-    scaler.update()
-    assert not torch.equal(before, model.head[1].weight)
-    if precision == "fp16":
-        assert scaler.get_scale() > 1.0  # the loss really was scaled
 
 
 def test_results_table_answers_whether_fusion_helps():

@@ -137,6 +137,9 @@ class OutputFilter:
         self.exception: str | None = None
         self.failed_rank: str | None = None
         self.exit_code: int | None = None
+        self._in_root_cause = False
+        self.root_rank: str | None = None
+        self.root_exit_code: int | None = None
 
     def feed(self, line: str) -> None:
         self.log.write(line)
@@ -150,24 +153,36 @@ class OutputFilter:
             self.failed_rank = m.group(1)
         if (m := _EXIT.match(text)) and self.exit_code is None:
             self.exit_code = int(m.group(1))
+        # torchrun's summary lists every failed rank, then the "Root Cause (first observed failure)".
+        self._in_root_cause = self._in_root_cause or text.startswith("Root Cause")
+        if self._in_root_cause and (m := _FAILED_RANK.match(text)) and self.root_rank is None:
+            self.root_rank = m.group(1)
+        if self._in_root_cause and (m := _EXIT.match(text)) and self.root_exit_code is None:
+            self.root_exit_code = int(m.group(1))
         if self.worker_error is None and self.exception is None and not _NOISE.match(text):
             self.echo.write(line)
             self.echo.flush()
 
     def reason(self) -> str:
+        if self.root_rank is not None and self.root_exit_code is not None and self.root_exit_code < 0:
+            # A killed rank says nothing itself; what the others then print (a peer reset) is only a symptom.
+            return _killed(self.root_rank, self.root_exit_code)
         if self.worker_error:
             return self.worker_error
         if self.exception:
             return self.exception
         if self.failed_rank is not None and self.exit_code is not None and self.exit_code < 0:
-            import signal
-
-            name = signal.Signals(-self.exit_code).name if -self.exit_code in signal.valid_signals() else \
-                str(-self.exit_code)
-            return f"rank {self.failed_rank} was killed by {name}"
+            return _killed(self.failed_rank, self.exit_code)
         if self.failed_rank is not None:
             return f"rank {self.failed_rank} exited with code {self.exit_code}"
         return "torchrun failed"
+
+
+def _killed(rank: str, exit_code: int) -> str:
+    import signal
+
+    name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else str(-exit_code)
+    return f"rank {rank} was killed by {name}"
 
 
 def run_filtered(command: list[str], *, env: dict[str, str], log_path: Path) -> tuple[int, OutputFilter]:

@@ -87,7 +87,9 @@ def load_latest_checkpoint(directory: Path) -> tuple[dict[str, Any], Path] | Non
         try:
             return read_checkpoint(path), path
         except ArtifactError as exc:
-            log.warning("warning: skipping corrupt checkpoint %s (%s); falling back to the previous one", path, exc)
+            reason = str(exc).removeprefix(f"{path}: ").splitlines()[0] if str(exc) else "unreadable"
+            log.warning("warning: skipping corrupt checkpoint %s (%s); falling back to the previous one", path,
+                        reason)
     return None
 
 

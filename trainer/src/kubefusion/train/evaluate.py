@@ -8,12 +8,13 @@ never counts and the result equals a single-process evaluation of the whole spli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
 from kubefusion.train.distributed import all_reduce_sum
+from kubefusion.train.prefetch import BatchPreparer
 
 
 @dataclass
@@ -64,16 +65,16 @@ class SplitStats:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterable[dict], prepare: Callable[[dict], dict], *,
+def evaluate(model: torch.nn.Module, batches: Iterable[dict], prepare: BatchPreparer, *,
              num_classes: int, autocast, drop_modality: int | None = None) -> dict[str, float | int | None]:
-    """Metrics of ``model`` over ``batches`` (all ranks together). ``prepare`` turns a data batch into
-    model inputs on the device; ``drop_modality`` masks that modality column for every sample (ablation)."""
+    """Metrics of ``model`` over ``batches`` (all ranks together). ``prepare`` turns data batches into
+    model inputs on the device (preprocessing a batch or two ahead); ``drop_modality`` masks that modality column for every sample (ablation)."""
     was_training = model.training
     model.eval()
     stats = SplitStats.empty(num_classes)
+    stream = prepare.stream(batches)
     try:
-        for batch in batches:
-            inputs = prepare(batch)
+        for inputs in stream:
             valid = inputs.pop("valid")
             labels = inputs.pop("label")
             if drop_modality is not None:
@@ -83,5 +84,6 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], prepare: Callable[
                 logits = model(**inputs)
             stats.add(logits[valid], labels[valid])
     finally:
+        stream.close()
         model.train(was_training)
     return stats.all_reduce().summary()

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from kubefusion.config import JobConfig, job_to_dict
+from kubefusion.config import ConfigError, JobConfig, job_to_dict
 from kubefusion.errors import ArtifactError
 from kubefusion.model import MultimodalClassifier, build_model
 from kubefusion.train import checkpoint as ckpt
@@ -45,6 +45,7 @@ from kubefusion.train.distributed import (Runtime, all_reduce_sum, barrier, broa
                                          sync_buffers)
 from kubefusion.train.evaluate import evaluate
 from kubefusion.train.optim import build_optimizer, build_scheduler, freeze_backbones
+from kubefusion.train.prefetch import BatchPreparer
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,14 @@ class Session:
     job: JobConfig
     runtime: Runtime
     data: TrainingData
-    prepare: Callable[[dict], dict]
-    """Data batch -> model inputs on the device (applies the exported preprocessing)."""
+    prepare: BatchPreparer
+    """Data batches -> model inputs on the device (applies the exported preprocessing, a batch or two ahead)."""
     output: Path
     artifact_info: dict[str, Any]
     """``content_key``, ``classes``, ``numeric_columns``: stored with every checkpoint."""
     metrics: Any = None
-    tensorboard: Callable[[str], Any] | None = None
-    """stage name -> a SummaryWriter (rank 0 only)."""
+    tensorboard: Callable[[str, int], Any] | None = None
+    """(stage name, first step) -> a SummaryWriter that drops events after that step (rank 0 only)."""
 
 
 # ------------------------------------------------------------------------------------- precision, seeds
@@ -84,7 +85,10 @@ def precision_setup(precision: str, device: torch.device) -> tuple[Callable[[], 
 
     bf16: autocast to bfloat16, no scaler (same exponent range as fp32). fp16: autocast to float16 with a
     GradScaler; on CPU too (torch's CPU autocast supports float16 and ``GradScaler("cpu")`` exists).
-    fp32: neither."""
+    fp32: neither. bf16 on a GPU without bfloat16 support (V100, T4) is refused, not silently emulated."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"spec.training.precision: bf16 is not supported by this GPU "
+                          f"({torch.cuda.get_device_name(device)}); use fp16 (or fp32)")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
     def autocast():
@@ -130,6 +134,9 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     scheduler = build_scheduler(optimizer, total_steps, training)
     autocast, scaler = precision_setup(training.precision, rt.device)
     model_info = {**model.describe(), **session.artifact_info, "stage": stage.name}
+    # What the data position and the schedule of a checkpoint mean; a half-trained stage needs the same.
+    layout = {"world_size": rt.world_size, "batch_size_per_gpu": training.batch_size_per_gpu,
+              "grad_accumulation": training.grad_accumulation}
 
     # ---- resume from the newest valid checkpoint, if any --------------------------------------------------
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -139,10 +146,13 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     if chosen is not None:
         state = ckpt.read_checkpoint(Path(chosen))
         _check_compatible(Path(chosen), state, model_info)
+        finished = state["epoch"] >= training.epochs
+        if not finished:
+            _check_same_layout(Path(chosen), state, layout, checkpoints)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        _load_scaler(scaler, state, training.precision, Path(chosen), rt.is_main)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         if rt.is_main and epoch >= training.epochs:
             log.info("[%s] already trained (%s, step %d of %d): evaluating only", stage.name, chosen, step,
@@ -157,9 +167,12 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     def snapshot(next_epoch: int, next_batch: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": next_epoch,
-                "batch_in_epoch": next_batch, "config": job_to_dict(job), "model_info": model_info}
+                "batch_in_epoch": next_batch, "config": job_to_dict(job), "model_info": model_info,
+                "precision": training.precision, **layout,
+                "samples_in_epoch": next_batch * training.batch_size_per_gpu * rt.world_size}
 
     def save(next_epoch: int, next_batch: int) -> None:
+        report.flush()  # the per-step log must reach the checkpoint's step before a kill can lose it
         if rt.is_main:
             path = ckpt.save_checkpoint(checkpoints, snapshot(next_epoch, next_batch), keep=training.keep_checkpoints)
             log.debug("checkpoint %s", path)
@@ -168,10 +181,10 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     def optimizer_step(stream, micro_batches: int) -> StepResult:
         """Forward/backward over ``micro_batches`` batches (DDP syncs gradients on the last one only), then
         unscale, clip and step."""
-        result = StepResult()
+        result = StepResult.zeros(rt.device)
         for micro in range(micro_batches):
             waited = time.perf_counter()
-            inputs = session.prepare(next(stream))
+            inputs = next(stream)  # prepared ahead on the prefetch thread; blocking here is the data wait
             result.data_wait += time.perf_counter() - waited
             labels, valid = inputs.pop("label"), inputs.pop("valid")
             last = micro == micro_batches - 1
@@ -180,7 +193,7 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
                     logits = ddp(**inputs)
                 loss = masked_cross_entropy(logits, labels, valid) / micro_batches
                 scaler.scale(loss).backward()
-            result.add(float(loss.detach()), logits.detach(), labels, valid)
+            result.add(loss.detach(), logits.detach(), labels, valid)  # stays on the device: no sync
         if training.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
@@ -196,7 +209,8 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     # ---- the loop ---------------------------------------------------------------------------------------
     model.train()
     while epoch < training.epochs:
-        stream = iter(data.batches("train", epoch=epoch, skip=batch_in_epoch, limit=batches_per_epoch))
+        stream = session.prepare.stream(data.batches("train", epoch=epoch, skip=batch_in_epoch,
+                                                    limit=batches_per_epoch))
         while batch_in_epoch < batches_per_epoch:
             started = time.perf_counter()
             torch.manual_seed(step_seed(training.seed, stage.index, rt.rank, step))
@@ -209,6 +223,7 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
             if step % training.checkpoint_every_steps == 0 and batch_in_epoch < batches_per_epoch:
                 sync_buffers(model)
                 save(epoch, batch_in_epoch)
+        stream.close()
 
         # ---- end of epoch: checkpoint, validation ---------------------------------------------------------
         epoch, batch_in_epoch = epoch + 1, 0
@@ -229,43 +244,52 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
 
 @dataclass
 class StepResult:
-    """What one optimizer step saw on this rank."""
+    """What one optimizer step saw on this rank. ``totals`` (loss, valid samples, correct) stays on the device
+    so that a step never waits for the GPU; the reporter reads it back once per logging window."""
 
-    loss: float = 0.0
-    samples: int = 0
-    correct: int = 0
+    totals: torch.Tensor
     data_wait: float = 0.0
 
-    def add(self, loss: float, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> None:
-        self.loss += loss
-        self.samples += int(valid.sum())
-        self.correct += int(((logits.argmax(1) == labels) & valid).sum())
+    @classmethod
+    def zeros(cls, device: torch.device) -> "StepResult":
+        return cls(torch.zeros(3, dtype=torch.float64, device=device))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> None:
+        correct = ((logits.argmax(1) == labels) & valid).sum()
+        self.totals += torch.stack([loss.double(), valid.sum().double(), correct.double()])
+
+
+@dataclass
+class _Pending:
+    step: int
+    epoch: int
+    lr: float
+    seconds: float
+    data_wait: float
+    totals: torch.Tensor
 
 
 class _Reporter:
-    """Progress bar, per-step loss log and TensorBoard (rank 0), Prometheus metrics (every rank)."""
+    """Progress bar, per-step loss log and TensorBoard (rank 0), Prometheus metrics (every rank).
+
+    Steps are buffered with their on-device totals and reported together at the end of each logging window
+    (and before every checkpoint): one device-to-host copy per window instead of three syncs per micro-batch."""
 
     def __init__(self, session: Session, stage: Stage, total_steps: int, step: int):
         main = session.runtime.is_main
         self.name, self.epochs, self.metrics = stage.name, session.job.training.epochs, session.metrics
         self.steps_log = _StepLog(session.output / "logs" / f"{stage.name}.steps.jsonl", keep_through=step) \
             if main else None
-        self.writer = session.tensorboard(stage.name) if (main and session.tensorboard) else None
+        self.writer = session.tensorboard(stage.name, step) if (main and session.tensorboard) else None
         self.progress = _progress(main, total_steps, step, stage.name)
         self.window = torch.zeros(3, dtype=torch.float64)  # loss x samples, correct, samples (all ranks summed)
+        self.pending: list[_Pending] = []
 
     def step(self, result: StepResult, *, step: int, epoch: int, lr: float, seconds: float, window_ends: bool):
-        if self.steps_log:
-            self.steps_log.write(step=step, epoch=epoch, loss=result.loss, lr=lr)
-        if self.metrics:
-            self.metrics.observe_step(step_seconds=seconds, data_wait_seconds=result.data_wait,
-                                      samples=result.samples, loss=result.loss, learning_rate=lr, epoch=epoch,
-                                      step=step, accuracy=result.correct / max(1, result.samples))
+        self.pending.append(_Pending(step, epoch, lr, seconds, result.data_wait, result.totals))
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        self.window += torch.tensor([result.loss * result.samples, result.correct, result.samples],
-                                    dtype=torch.float64)
         if window_ends:  # a collective: every rank reaches it at the same steps
+            self.flush()
             totals = all_reduce_sum(self.window.clone())
             if self.writer is not None and totals[2] > 0:
                 self.writer.add_scalar("train/loss", totals[0] / totals[2], step)
@@ -274,6 +298,23 @@ class _Reporter:
             self.window.zero_()
             if self.metrics:
                 self.metrics.observe_gpu_memory()
+
+    def flush(self) -> None:
+        """Report the buffered steps (one device-to-host copy for all of them)."""
+        if not self.pending:
+            return
+        values = torch.stack([p.totals for p in self.pending]).cpu().tolist()
+        for entry, (loss, samples, correct) in zip(self.pending, values):
+            if self.steps_log:
+                self.steps_log.write(step=entry.step, epoch=entry.epoch, loss=loss, lr=entry.lr)
+            if self.metrics:
+                self.metrics.observe_step(step_seconds=entry.seconds, data_wait_seconds=entry.data_wait,
+                                          samples=int(samples), loss=loss, learning_rate=entry.lr,
+                                          epoch=entry.epoch, step=entry.step, accuracy=correct / max(1, samples),
+                                          stage=self.name)
+            self.window += torch.tensor([loss * samples, correct, samples], dtype=torch.float64)
+        self.progress.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{self.pending[-1].lr:.2e}", refresh=False)
+        self.pending.clear()
 
     def validation(self, scores: dict[str, Any], *, step: int, epoch: int) -> None:
         if not self.progress.disable:
@@ -286,6 +327,7 @@ class _Reporter:
             self.metrics.observe_eval(split="validation", accuracy=scores["top1"], loss=scores["loss"])
 
     def close(self) -> None:
+        self.flush()
         self.progress.close()
         if self.steps_log:
             self.steps_log.close()
@@ -309,6 +351,32 @@ def _check_compatible(path: Path, state: dict[str, Any], model_info: dict[str, A
             raise ArtifactError(
                 f"{path}: written for a different {key.replace('_', ' ')} than this job has; resume with the "
                 "same job and artifacts, or give a fresh --output")
+
+
+def _check_same_layout(path: Path, state: dict[str, Any], layout: dict[str, int], checkpoints: Path) -> None:
+    """A half-trained stage resumes only with the world size, per-GPU batch and accumulation it was written
+    with: its data position counts per-rank batches and its learning-rate schedule counts steps of that size."""
+    names = {"world_size": "processes (world size)", "batch_size_per_gpu": "spec.training.batchSizePerGPU",
+             "grad_accumulation": "spec.training.gradAccumulation"}
+    changed = [f"{names[k]} {state[k]} -> {v}" for k, v in layout.items() if k in state and state[k] != v]
+    if changed:
+        raise ArtifactError(
+            f"{path}: this stage is half trained with other settings ({'; '.join(changed)}); resume with the "
+            f"settings it was written with, or start the stage afresh (delete {checkpoints} or give a fresh --output)")
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any], precision: str, path: Path,
+                 main: bool) -> None:
+    """The GradScaler's state, when both the checkpoint and this run use one. A run resumed with another
+    precision goes on from the saved weights: an fp16 run starting from an fp32/bf16 checkpoint begins with a
+    fresh loss scale (the checkpoint has none), and a scale saved by fp16 is dropped by fp32/bf16."""
+    saved = state.get("scaler") or {}
+    before = state.get("precision", precision)
+    if main and before != precision:
+        log.info("%s was written with precision %s, this run uses %s (spec.training.precision)%s", path, before,
+                 precision, ": the fp16 loss scale starts fresh" if precision == "fp16" else "")
+    if saved and scaler.is_enabled():
+        scaler.load_state_dict(saved)
 
 
 class _StepLog:

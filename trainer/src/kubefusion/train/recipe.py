@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from kubefusion.config import MODALITIES, JobConfig
@@ -25,6 +24,7 @@ from kubefusion.train.data import EVAL_SPLITS, TrainingData, load_training_data
 from kubefusion.train.distributed import Runtime, all_gather_object, barrier
 from kubefusion.train.evaluate import evaluate
 from kubefusion.train.loop import Session, Stage, precision_setup, train_stage
+from kubefusion.train.prefetch import BatchPreparer, available_cpus, preprocess_threads
 from kubefusion.train.results import summarize, write_results
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,27 @@ def check_same_artifact(content_key: str, rank: int) -> None:
                             "the same artifacts folder (rerun `kubefusion preprocess` once, then train)")
 
 
-def make_prepare(preprocessor: Any, device: torch.device):
-    """Data batch (CPU torch tensors, raw uint8 images and numbers) -> model inputs on ``device``."""
+def make_prepare(preprocessor: Any, device: torch.device) -> BatchPreparer:
+    """Data batches (CPU torch tensors, raw uint8 images and numbers) -> model inputs on ``device``, the
+    exported preprocessing applied a batch or two ahead on a background thread."""
+    return BatchPreparer(preprocessor, device)
 
-    def prepare(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        pixel_values, numeric = preprocessor(batch["image"].numpy(), batch["numeric"].numpy())
-        on = {"non_blocking": True}
-        return {
-            "pixel_values": torch.from_numpy(np.ascontiguousarray(pixel_values)).to(device, **on),
-            "input_ids": batch["input_ids"].to(device, **on),
-            "attention_mask": batch["attention_mask"].to(device, **on),
-            "numeric": torch.from_numpy(np.ascontiguousarray(numeric)).to(device, **on),
-            "modality_mask": batch["modality_mask"].to(device, **on),
-            "label": batch["label"].to(device, **on),
-            "valid": batch["valid"].to(device, **on),
-        }
 
-    return prepare
+def tensorboard_writers(output: Path) -> tuple[Callable[[str, int], Any], dict[str, Any]]:
+    """(stage name, resumed step -> that stage's SummaryWriter, the writers made so far). A stage resumed from
+    the checkpoint of step S purges the events after S that the interrupted run left behind, so the resumed
+    curves do not overlap them."""
+    writers: dict[str, Any] = {}
+
+    def writer(stage: str, step: int = 0) -> Any:
+        if stage not in writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writers[stage] = SummaryWriter(log_dir=str(output / "tensorboard" / stage),
+                                           purge_step=step + 1 if step > 0 else None)  # drops >= it
+        return writers[stage]
+
+    return writer, writers
 
 
 def data_root(job: JobConfig, artifacts: Path, explicit: str | Path | None) -> str | Path:
@@ -81,7 +85,9 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
     from kubefusion.preprocess.artifact import TOKENIZER_DIR
     from kubefusion.preprocess.runtime import Preprocessor
 
-    preprocessor = Preprocessor.load(artifacts, backend=job.preprocessing.backend, threads=torch.get_num_threads())
+    # Not torch.get_num_threads(): torchrun sets that to 1, and preprocessing now runs beside the step.
+    threads = preprocess_threads(available_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    preprocessor = Preprocessor.load(artifacts, backend=job.preprocessing.backend, threads=threads)
     check_same_artifact(preprocessor.content_key, runtime.rank)
     manifest = preprocessor.manifest
     tokenizer = load_tokenizer(str(preprocessor.artifact_dir / TOKENIZER_DIR))
@@ -94,14 +100,7 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
                  runtime.backend or "none", runtime.device, job.training.precision)
 
     metrics = _start_metrics(job, runtime)
-    writers: dict[str, Any] = {}
-
-    def tensorboard(stage: str):
-        if stage not in writers:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writers[stage] = SummaryWriter(log_dir=str(output / "tensorboard" / stage))
-        return writers[stage]
+    tensorboard, writers = tensorboard_writers(output)
 
     session = Session(job=job, runtime=runtime, data=data, prepare=make_prepare(preprocessor, runtime.device),
                       output=output, metrics=metrics, tensorboard=tensorboard,
