@@ -246,6 +246,7 @@ def test_alerts_can_be_disabled_and_labelled(render):
     (["--set", "operator.image.digest=latest"], "/operator/image/digest"),
     (["--set", "monitoring.prometheusRule.disabledAlerts={NoSuchAlert}"], "/monitoring/prometheusRule/disabledAlerts/0"),
     (["--set", "operator.replicas=2"], "replicas"),
+    (["--set", "monitoring.prometheusRule.trainingStalledMinutes=1"], "/monitoring/prometheusRule/trainingStalledMinutes"),
 ])
 def test_schema_rejects_bad_values_naming_the_key(helm, flags, complaint):
     done = run([helm, "template", "x", str(CHART), *flags])
