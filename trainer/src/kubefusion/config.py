@@ -212,9 +212,13 @@ class FusionConfig:
 @dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
+    """The image encoder (``spec.model.vision``): backbone, weights, freezing, pooling."""
     text: TextConfig = field(default_factory=TextConfig)
+    """The text encoder (``spec.model.text``): backbone, weights, freezing, pooling."""
     numeric: NumericConfig = field(default_factory=NumericConfig)
+    """The MLP over the standardised numeric columns (``spec.model.numeric``)."""
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    """How the three embeddings are combined (``spec.model.fusion``), and modality dropout."""
     embed_dim: int = 256
     """Each encoder projects to this width before fusion."""
     num_classes: int | None = None
@@ -325,16 +329,29 @@ class JobConfig:
     carried through unvalidated here (the CRD validates them)."""
 
     name: str = "demo"
+    """``metadata.name``: a DNS-1123 label; names the job's Kubernetes objects and its metric labels."""
     namespace: str = "default"
+    """``metadata.namespace``: where the operator creates the job's objects."""
     image: str | None = None
+    """``spec.image``: the trainer image; None means the operator's default trainer image."""
     data: DataConfig = field(default_factory=DataConfig)
+    """``spec.data``: where the dataset is, its layout, bad-record policies and splits."""
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    """``spec.preprocessing``: image size, tokenizer and the exported graph's runtime."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """``spec.model``: encoders, fusion head and embedding width."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    """``spec.training``: epochs, batch, optimizer, precision, checkpoints, baselines."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """``spec.resources``: nodes, GPUs per node and pod resources."""
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    """``spec.monitoring``: the trainer's Prometheus port."""
     scheduling: dict[str, Any] = field(default_factory=dict)
+    """``spec.scheduling``: where and in which order the pods are scheduled (the CRD lists the keys); the
+    operator's concern, carried through unvalidated here."""
     run_policy: dict[str, Any] = field(default_factory=dict)
+    """``spec.runPolicy``: how Kubeflow runs the PyTorchJob (backoffLimit, activeDeadlineSeconds...); the
+    operator's concern, carried through unvalidated here."""
     storage: dict[str, Any] = field(default_factory=dict)
     """Cluster volumes for ``checkpoints`` and ``artifacts`` (volume sources); used by the operator only."""
     base_dir: str = "."
