@@ -113,7 +113,7 @@ def spy(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", pytest.param("fp16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_each_precision_trains_checkpoints_its_scaler_and_resumes(tmp_path, precision, spy):
     # fp16: the first batch overflows float16, so the scaler must skip that step and halve its scale.
     run_stage(tmp_path, precision, data=TinyData(poison_first_numeric=1e30 if precision == "fp16" else None))
