@@ -3,7 +3,9 @@
 A training checkpoint (``<dir>/step-000000123.pt``) holds::
 
     {"format": FORMAT, "model": ..., "optimizer": ..., "scaler": ..., "scheduler": ...,
-     "step": optimizer steps done, "epoch": epoch to resume in, "batch_in_epoch": batches of it consumed,
+     "step": optimizer steps done, "epoch": epoch to resume in, "batch_in_epoch": per-rank batches of it consumed,
+     "samples_in_epoch": the same position in samples over all ranks, "world_size", "batch_size_per_gpu",
+     "grad_accumulation", "precision": what that position and the optimizer state were made with,
      "config": the MultimodalTrainJob document, "model_info": what rebuilds the architecture + data facts}
 
 The final model file (``model.pt``) has the same shape without optimizer, scaler and scheduler. Files are
