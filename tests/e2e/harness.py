@@ -51,9 +51,20 @@ def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = 'conditi
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports of 127.0.0.1: all bound at once, so the kernel never hands out one twice
+    (picking them one by one could give the metrics and liveness endpoints the same port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class Cluster:
@@ -131,8 +142,8 @@ class OperatorProcess:
         more command-line flags (``--namespace``); ``env``: ``KUBEFUSION_OPERATOR_*`` settings, as the
         Deployment sets them (none is inherited from the test's own environment)."""
         self.kubeconfig, self.log, self.args, self.env = kubeconfig, log, args, dict(env or {})
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
+        self.metrics_port, self.liveness_port = free_ports(2)
+        self.resync_seconds = 3.0
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> None:
@@ -144,7 +155,7 @@ class OperatorProcess:
             self.process = subprocess.Popen(
                 [script, '--liveness', f'http://127.0.0.1:{self.liveness_port}/healthz',
                  '--metrics-port', str(self.metrics_port), '--metrics-address', '127.0.0.1',
-                 '--backend-retry-seconds', '0.5', '--resync-seconds', '3', *self.args],
+                 '--backend-retry-seconds', '0.5', '--resync-seconds', str(self.resync_seconds), *self.args],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
         def healthy() -> bool:
@@ -167,9 +178,18 @@ class OperatorProcess:
 
     def restart(self) -> None:
         self.stop()
-        self.metrics_port = free_port()  # the old process's ports may linger in TIME_WAIT
-        self.liveness_port = free_port()
+        self.metrics_port, self.liveness_port = free_ports(2)  # the old process's ports may linger in TIME_WAIT
         self.start()
+
+    def reconciliations(self) -> float:
+        return self.metrics().get('kubefusion_operator_reconcile_duration_seconds_count', 0.0)
+
+    def wait_resync(self, timeout: float = 20) -> None:
+        """Return once a reconciliation has finished after a whole resync period from now: every job has been
+        reconciled again since the call, so a negative check ("nothing changed") afterwards means something."""
+        time.sleep(self.resync_seconds)
+        seen = self.reconciliations()
+        wait_for(lambda: self.reconciliations() > seen, timeout, 'a reconciliation after a resync period')
 
     def metrics(self) -> dict[str, float]:
         """The scraped samples, by their full name with labels: ``name{label="value"}``."""

@@ -5,6 +5,7 @@ A simulated Kubeflow training operator is the test itself: it patches the PyTorc
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -366,3 +367,99 @@ def test_namespaced_operator_leaves_other_namespaces_alone(cluster: Cluster, kub
         assert cluster.pytorchjobs('elsewhere') == [] and 'status' not in cluster.job('theirs', 'elsewhere')
     finally:
         operator.stop()
+
+
+def earlier_runs_pytorchjob(cluster: Cluster, name: str, *conditions: str) -> None:
+    """What a deleted job of the same name leaves behind while garbage collection waits on its pods: its
+    PyTorchJob, owned by a uid that no longer exists, held by a finalizer, with that run's final status."""
+    old_spec = job_body(name, nodes=1)['spec']
+    cluster.custom.create_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', {
+        'apiVersion': 'kubeflow.org/v1', 'kind': 'PyTorchJob',
+        'metadata': {'name': name, 'labels': {'kubefusion.io/job-name': name}, 'finalizers': ['example.com/pods'],
+                     'annotations': {'kubefusion.io/applied-spec': json.dumps(old_spec)},
+                     'ownerReferences': [{'apiVersion': 'kubefusion.io/v1alpha1', 'kind': 'MultimodalTrainJob',
+                                          'name': name, 'uid': 'uid-of-the-earlier-run', 'controller': True,
+                                          'blockOwnerDeletion': True}]},
+        'spec': {}})
+    if conditions:
+        cluster.kubeflow_reports(name, *conditions)
+
+
+@pytest.mark.slow
+def test_recreated_job_waits_for_the_earlier_runs_pytorchjob_and_never_inherits_its_outcome(
+        cluster: Cluster, operator: OperatorProcess) -> None:
+    earlier_runs_pytorchjob(cluster, 'again', 'Created', 'Running', 'Succeeded')
+    created = cluster.create_job(job_body('again', nodes=2))
+    waiting = wait_for(lambda: (c := condition(cluster.job('again'), 'ChildrenReady')).get('status') == 'False' and c,
+                       what='WaitingForPreviousRun')
+    assert waiting['reason'] == 'WaitingForPreviousRun' and 'earlier run' in waiting['message']
+    job = cluster.job('again')
+    assert job['status']['phase'] == 'Pending' and job['status']['reason'] == 'WaitingForPreviousRun'
+    assert condition(job, 'Succeeded') == {} and condition(job, 'SpecValid').get('reason') != 'ImmutableFieldChanged'
+    assert 'pytorchJob' not in job['status']
+
+    # Garbage collection finishes: the old PyTorchJob goes, ours is created, and the old outcome never shows.
+    cluster.custom.delete_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'again')
+    cluster.custom.patch_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'again',
+                                                  {'metadata': {'finalizers': None}})
+    ours = wait_for(lambda: (p := cluster.pytorchjob('again'))['metadata']['ownerReferences'][0]['uid']
+                    == created['metadata']['uid'] and p, timeout=30, what='the new run\'s PyTorchJob')
+    assert sum(r['replicas'] for r in ours['spec']['pytorchReplicaSpecs'].values()) == 2
+    ready = wait_for(lambda: condition(cluster.job('again'), 'ChildrenReady').get('status') == 'True'
+                     and cluster.job('again'), what='ChildrenReady=True')
+    assert ready['status']['phase'] == 'Pending' and condition(ready, 'Succeeded') == {}
+    cluster.kubeflow_reports('again', 'Created', 'Running')
+    cluster.wait_phase('again', 'Running')
+
+
+@pytest.mark.slow
+def test_pytorchjob_finished_and_deleted_while_the_operator_was_away_is_not_trained_again(
+        cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_body('gone', runPolicy={'ttlSecondsAfterFinished': 0}))
+    first, _ = children(cluster, 'gone')
+    cluster.kubeflow_reports('gone', 'Created', 'Running')
+    cluster.wait_phase('gone', 'Running')
+    operator.stop()
+    cluster.kubeflow_reports('gone', 'Created', 'Running', 'Succeeded')
+    cluster.custom.delete_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'gone')
+    operator.restart()
+
+    lost = cluster.wait_phase('gone', 'Failed')
+    assert lost['status']['reason'] == 'PyTorchJobLost'
+    assert 'delete this MultimodalTrainJob and create it again' in lost['status']['message']
+    operator.wait_resync()
+    assert cluster.pytorchjobs() == [] and cluster.phase('gone') == 'Failed'
+    assert operator.metrics()['kubefusion_operator_job_failures_total{job_name="gone",namespace="ml-team",'
+                              'reason="PyTorchJobLost"}'] == 1
+
+
+def test_deleted_pytorchjob_keeps_the_outcome_its_last_state_reported(cluster: Cluster,
+                                                                       operator: OperatorProcess) -> None:
+    # Kubeflow writes the end while the PyTorchJob is already being deleted: the job keeps that outcome.
+    cluster.create_job(job_body('quick'))
+    children(cluster, 'quick')
+    cluster.custom.patch_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'quick',
+                                                  {'metadata': {'finalizers': ['example.com/hold']}})
+    cluster.custom.delete_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'quick')
+    cluster.kubeflow_reports('quick', 'Created', 'Running', 'Succeeded')
+    cluster.custom.patch_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'quick',
+                                                  {'metadata': {'finalizers': None}})
+    done = cluster.wait_phase('quick', 'Succeeded')
+    assert done['status']['reason'] == 'PyTorchJobSucceeded'
+    operator.wait_resync()
+    assert cluster.phase('quick') == 'Succeeded' and cluster.pytorchjobs() == []
+
+
+def test_unrelated_configmap_of_the_childs_name_is_left_alone(cluster: Cluster, operator: OperatorProcess) -> None:
+    theirs = {'metadata': {'name': 'mine-config', 'labels': {'app': 'something-else'}}, 'data': {'keep': 'me'}}
+    cluster.core.create_namespaced_config_map(NAMESPACE, theirs)
+    cluster.create_job(job_body('mine'))
+    conflict = wait_for(lambda: (c := condition(cluster.job('mine'), 'ChildrenReady')).get('status') == 'False' and c,
+                        what='ChildConflict')
+    assert conflict['reason'] == 'ChildConflict' and 'ConfigMap ml-team/mine-config' in conflict['message']
+    assert cluster.job('mine')['status']['reason'] == 'ChildConflict'
+    operator.wait_resync()
+    configmap = cluster.core.read_namespaced_config_map('mine-config', NAMESPACE)
+    assert configmap.data == {'keep': 'me'} and not configmap.metadata.owner_references
+    assert cluster.pytorchjobs() == []
+    assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="ChildConflict"}'] >= 1

@@ -135,9 +135,11 @@ class Phase(str, Enum):
 class ConditionType:
     """Condition types on ``status.conditions``.
 
-    The first six mirror the PyTorchJob's own conditions (same names, reasons and messages). The last two are
-    the operator's: ``SpecValid`` (``False`` with reason ``InvalidSpec`` or ``ImmutableFieldChanged``) and
-    ``BackendAvailable`` (``False`` with reason ``BackendUnavailable`` when the PyTorchJob CRD is missing).
+    The first six mirror the PyTorchJob's own conditions (same names, reasons and messages). The last three
+    are the operator's: ``SpecValid`` (``False`` with reason ``InvalidSpec`` or ``ImmutableFieldChanged``),
+    ``BackendAvailable`` (``False`` with reason ``BackendUnavailable`` when the PyTorchJob CRD is missing) and
+    ``ChildrenReady`` (``False`` while a child of that name cannot be ours yet: ``WaitingForPreviousRun``,
+    ``ChildConflict``).
     """
 
     CREATED = "Created"
@@ -148,6 +150,7 @@ class ConditionType:
     FAILED = "Failed"
     SPEC_VALID = "SpecValid"
     BACKEND_AVAILABLE = "BackendAvailable"
+    CHILDREN_READY = "ChildrenReady"
 
 
 MIRRORED_CONDITION_TYPES = (
@@ -168,7 +171,18 @@ class Reason:
     WAITING_FOR_BACKEND = "WaitingForTrainingOperator"
     """The PyTorchJob exists but carries no status yet: is Kubeflow's training operator running?"""
     CHILD_PENDING = "PyTorchJobPending"
-    """No PyTorchJob yet: the operator has not created it (or it was deleted and is being re-created)."""
+    """No PyTorchJob yet: the operator has not created it."""
+    CHILD_LOST = "PyTorchJobLost"
+    """The PyTorchJob this job created is gone before it reported an end: the run is over (Failed), never
+    silently started again."""
+    CONDITION_CLEARED = "ConditionCleared"
+    """A mirrored condition the PyTorchJob no longer reports (Kubeflow dropped it): set False."""
+    CHILDREN_READY = "ChildrenReady"
+    WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"
+    """A child of the same name still belongs to an earlier job of this name (being garbage-collected)."""
+    CHILD_CONFLICT = "ChildConflict"
+    """An object of the child's name exists and is not this job's to adopt (another owner, or not labelled
+    for this job)."""
 
 
 CONDITION_TRUE = "True"

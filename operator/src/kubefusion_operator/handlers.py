@@ -116,7 +116,17 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
     meta, spec = job["metadata"], job.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     try:
+        # A PyTorchJob of this name that is not this job's (an earlier job's, still being deleted) must not lend
+        # us its applied spec or its status: _claim waits for it to go, or adopts an orphan made for this job.
         pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
+        if pytorchjob is not None:
+            pytorchjob = _claim(pytorchjob, job, api.PYTORCHJOB_KIND, kube.patch_pytorchjob)
+        status = job.get("status") or {}
+        if pytorchjob is None and (status.get("pytorchJob") or phase_of(status) in (Phase.SUCCEEDED, Phase.FAILED)):
+            # Finished and removed (ttlSecondsAfterFinished), or lost before the end: never train again. A
+            # PyTorchJob once created for this job is not made a second time (it may have succeeded unseen).
+            _write_status(namespace, name, lambda current: _status(current, None))
+            return
         applied = _applied_spec(pytorchjob)
         # Without spec.image a job runs the operator's default trainer image as it was when the PyTorchJob was
         # built (recorded in the applied spec): changing the default later must not change a job's image.
@@ -124,10 +134,6 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         problems = validate_spec(spec, name=name)
         if problems:
             _refuse(job, Reason.INVALID_SPEC, "; ".join(problems), pytorchjob)
-        if pytorchjob is None and phase_of(job.get("status")) in (Phase.SUCCEEDED, Phase.FAILED):
-            # Finished, and the PyTorchJob was removed (ttlSecondsAfterFinished): never train again.
-            _write_status(namespace, name, lambda current: _status(current, None))
-            return
         if pytorchjob is None and not kube.pytorchjobs_served():
             _backend_unavailable(job, retry=retry)
 
@@ -144,7 +150,8 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         pytorchjob, made = _ensure_pytorchjob(job, spec, pytorchjob, retry=retry)
         if made:
             created.append(f"{api.PYTORCHJOB_KIND} {name}")
-        _write_status(namespace, name, lambda current: _status(current, _fresh(pytorchjob), applied=True))
+        fresh = _fresh(pytorchjob, job)
+        _write_status(namespace, name, lambda current: _status(current, fresh, applied=meta.get("generation") or 1))
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
@@ -164,12 +171,22 @@ def _applied_spec(pytorchjob: dict[str, Any] | None) -> dict[str, Any] | None:
     return recorded if isinstance(recorded, dict) else None
 
 
-def _fresh(pytorchjob: dict[str, Any] | None) -> dict[str, Any] | None:
+def _fresh(pytorchjob: dict[str, Any] | None, job: dict[str, Any]) -> dict[str, Any] | None:
     """The PyTorchJob as it is now. Status is computed from a read made after the job's own read, so that a
     status write racing the mirror handler fails on the job's resourceVersion instead of going stale."""
     if pytorchjob is None:
         return None
-    return _read_or_none(kube.get_pytorchjob, pytorchjob["metadata"]["namespace"], pytorchjob["metadata"]["name"])
+    now = _read_or_none(kube.get_pytorchjob, pytorchjob["metadata"]["namespace"], pytorchjob["metadata"]["name"])
+    if now is not None and _controller_uid(now) != job["metadata"]["uid"]:
+        # Replaced between two reads: another job's object must never show on this job's status.
+        raise kopf.TemporaryError(f"{api.PYTORCHJOB_KIND} {pytorchjob['metadata']['name']} changed owner", delay=1)
+    return now
+
+
+def _controller_uid(child: dict[str, Any]) -> str | None:
+    """The uid of the object that controls ``child`` (its ownerReference with ``controller: true``)."""
+    return next((ref.get("uid") for ref in child["metadata"].get("ownerReferences") or [] if ref.get("controller")),
+                None)
 
 
 def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, name: str) -> dict[str, Any] | None:
@@ -186,8 +203,10 @@ def _refuse(job: dict[str, Any], reason: str, message: str, pytorchjob: dict[str
     before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.SPEC_VALID) or {}
     transition = before.get("status") != api.CONDITION_FALSE or before.get("message") != message
 
+    fresh = _fresh(pytorchjob, job)
+
     def compute(current: dict[str, Any]) -> dict[str, Any]:
-        status = _status(current, _fresh(pytorchjob)) if pytorchjob is not None else dict(current.get("status") or {})
+        status = _status(current, fresh) if fresh is not None else dict(current.get("status") or {})
         status["conditions"] = api.set_condition(
             status.get("conditions"), ConditionType.SPEC_VALID, False, reason, message, _now(),
             observed_generation=current["metadata"].get("generation"))
@@ -225,38 +244,77 @@ def _backend_unavailable(job: dict[str, Any], *, retry: int) -> NoReturn:
                 kopf.TemporaryError(BACKEND_MISSING, delay=OPTIONS.backend_retry_delay(retry)))
 
 
-def _status(current: dict[str, Any], pytorchjob: dict[str, Any] | None, *, applied: bool = False) -> dict[str, Any]:
-    """The status for the job as it is now. A PyTorchJob proves the backend is there; ``applied`` (the spec
-    was just applied) clears an earlier SpecValid=False, which a mere PyTorchJob event must not."""
-    generation = current["metadata"].get("generation") or 1
-    status = status_from_pytorchjob(pytorchjob, current.get("status") or {}, generation=generation, now=_now())
+def _status(current: dict[str, Any], pytorchjob: dict[str, Any] | None, *, applied: int | None = None
+            ) -> dict[str, Any]:
+    """The status for the job as it is now. A PyTorchJob proves the backend is there; ``applied`` (the
+    generation whose spec was just applied) clears an earlier SpecValid=False or ChildrenReady=False and becomes
+    ``observedGeneration``, which a mere PyTorchJob event must not touch."""
+    status = status_from_pytorchjob(pytorchjob, current.get("status") or {}, generation=applied, now=_now())
     own = [(ConditionType.BACKEND_AVAILABLE, Reason.BACKEND_AVAILABLE)] if pytorchjob is not None else []
-    if applied:
-        own.append((ConditionType.SPEC_VALID, Reason.VALID))
+    if applied is not None:
+        own += [(ConditionType.SPEC_VALID, Reason.VALID), (ConditionType.CHILDREN_READY, Reason.CHILDREN_READY)]
     for type_, reason in own:
         status["conditions"] = api.set_condition(status.get("conditions"), type_, True, reason, "", _now(),
-                                                 observed_generation=generation)
+                                                 observed_generation=applied)
     return status
+
+
+def _hold(job: dict[str, Any], reason: str, message: str, *, delay: float) -> NoReturn:
+    """A child cannot be ours yet: say why on ``ChildrenReady=False`` (and in an Event, once), retry later."""
+    meta = job["metadata"]
+    before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.CHILDREN_READY) or {}
+    transition = before.get("status") != api.CONDITION_FALSE or before.get("reason") != reason
+
+    def compute(current: dict[str, Any]) -> dict[str, Any]:
+        status = dict(current.get("status") or {})
+        status["conditions"] = api.set_condition(status.get("conditions"), ConditionType.CHILDREN_READY, False,
+                                                 reason, message, _now())
+        if phase_of(status) in (None, Phase.PENDING):
+            status.update(phase=Phase.PENDING.value, reason=reason, message=message)
+        return status
+
+    _write_status(meta["namespace"], meta["name"], compute)
+    if transition:
+        kopf.warn(job, reason=reason, message=message)
+    raise _fail(reason, kopf.TemporaryError(message, delay=delay))
 
 
 # -------------------------------------------------------------------------------------------- children
 
 
-def _owned_or_adopted(child: dict[str, Any], job: dict[str, Any], kind: str,
-                      patch: Callable[[str, str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """The child, with our owner reference: adopted when it has no controller, refused when another has it."""
-    meta = job["metadata"]
-    owners = child["metadata"].get("ownerReferences") or []
-    if any(ref.get("uid") == meta["uid"] for ref in owners):
+def _claim(child: dict[str, Any], job: dict[str, Any], kind: str,
+           patch: Callable[[str, str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """``child`` when it is this job's: controlled by it already, or an orphan made for it (labelled with its
+    name; a PyTorchJob also with its applied-spec annotation), adopted by adding our owner reference. Anything
+    else is left untouched and the job waits (``ChildrenReady=False``): for an earlier job's child of the same
+    name to be garbage-collected, or for the user to remove an unrelated object."""
+    meta, child_meta = job["metadata"], child["metadata"]
+    owners = child_meta.get("ownerReferences") or []
+    controller = next((ref for ref in owners if ref.get("controller")), None)
+    what = f"{kind} {meta['namespace']}/{child_meta['name']}"
+    if controller is not None and controller.get("uid") == meta["uid"]:
         return child
-    controllers = [ref for ref in owners if ref.get("controller")]
-    if controllers:
-        owner = controllers[0]
-        message = (f"{kind} {child['metadata']['name']} is controlled by {owner.get('kind')} {owner.get('name')} "
-                   f"(uid {owner.get('uid')}), not by this job; waiting for it to be deleted")
-        raise _fail("ChildConflict", kopf.TemporaryError(message, delay=10))
+    # Names are unique, so a controller of our kind and name with another uid is an earlier job, now deleted.
+    earlier = controller is not None and controller.get("kind") == api.KIND and controller.get("name") == meta["name"]
+    if earlier or child_meta.get("deletionTimestamp"):
+        _hold(job, Reason.WAITING_FOR_PREVIOUS_RUN,
+              f"{what} belongs to an earlier run of this name (uid {(controller or {}).get('uid')}) and is being "
+              "deleted; this job starts once it is gone", delay=5)
+    if controller is not None:
+        _hold(job, Reason.CHILD_CONFLICT,
+              f"{what} is controlled by {controller.get('kind')} {controller.get('name')} (uid "
+              f"{controller.get('uid')}), not by this job; it is left untouched: delete it, or give the job another "
+              "name", delay=30)
+    made_for_us = (child_meta.get("labels") or {}).get(api.LABEL_JOB_NAME) == meta["name"]
+    if kind == api.PYTORCHJOB_KIND:
+        made_for_us = made_for_us and _applied_spec(child) is not None
+    if not made_for_us:
+        _hold(job, Reason.CHILD_CONFLICT,
+              f"{what} exists but was not made for this job (it lacks the label {api.LABEL_JOB_NAME}={meta['name']}"
+              f"{' and the annotation ' + APPLIED_SPEC if kind == api.PYTORCHJOB_KIND else ''}); it is left "
+              "untouched: delete it, or give the job another name", delay=30)
     adopted = owners + [owner_reference(meta)]
-    return patch(meta["namespace"], child["metadata"]["name"], {"metadata": {"ownerReferences": adopted}})
+    return patch(meta["namespace"], child_meta["name"], {"metadata": {"ownerReferences": adopted}})
 
 
 def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any]) -> bool:
@@ -274,7 +332,7 @@ def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any]) -> bool:
             if e.status != 409:
                 raise
             existing = kube.get_configmap(namespace, name)  # created meanwhile (another run): adopt it
-    existing = _owned_or_adopted(existing, job, "ConfigMap", kube.patch_configmap)
+    existing = _claim(existing, job, "ConfigMap", kube.patch_configmap)
     labels = existing["metadata"].get("labels") or {}
     if existing.get("data") != desired["data"] or any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
         kube.patch_configmap(namespace, name, {"metadata": {"labels": desired["metadata"]["labels"]},
@@ -300,8 +358,8 @@ def _ensure_pytorchjob(job: dict[str, Any], spec: dict[str, Any], existing: dict
                 _backend_unavailable(job, retry=retry)
             if e.status != 409:
                 raise
-            existing = kube.get_pytorchjob(meta["namespace"], meta["name"])
-    existing = _owned_or_adopted(existing, job, api.PYTORCHJOB_KIND, kube.patch_pytorchjob)
+            existing = _claim(kube.get_pytorchjob(meta["namespace"], meta["name"]), job, api.PYTORCHJOB_KIND,
+                              kube.patch_pytorchjob)
     previous = _applied_spec(existing)
     if previous == spec:
         return existing, False
@@ -333,6 +391,8 @@ def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]],
                 if e.status == 409:
                     continue
                 raise
+            if new.get("phase") != old.get("phase") and new.get("phase") == Phase.FAILED.value:
+                metrics.JOB_FAILURES.labels(namespace=namespace, job_name=name, reason=new.get("reason") or "").inc()
             if new.get("phase") != old.get("phase") and new.get("phase"):
                 kopf.event(current, type="Warning" if new["phase"] == Phase.FAILED.value else "Normal",
                            reason=new["phase"], message=new.get("message") or f"Job is {new['phase']}")
@@ -345,16 +405,19 @@ def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]],
 @kopf.on.event(*PYTORCHJOBS, labels={api.LABEL_JOB_NAME: kopf.PRESENT})
 def mirror_pytorchjob(event: kopf.RawEvent, body: kopf.Body, namespace: str, labels: kopf.Labels,
                       logger: logging.Logger, **_: Any) -> None:
-    """Every change of a PyTorchJob (Kubeflow's controller, Kueue, TTL deletion) shows on its owner's status."""
+    """Every change of a PyTorchJob (Kubeflow's controller, Kueue, TTL deletion) shows on its owner's status.
+    A deletion's event carries the object as it was last: its final conditions are what the run ended with."""
     pytorchjob = _plain(body)
-    owner_uids = {ref.get("uid") for ref in pytorchjob["metadata"].get("ownerReferences") or []
-                  if ref.get("kind") == api.KIND}
+    controller = _controller_uid(pytorchjob)
     name = labels[api.LABEL_JOB_NAME]
 
     def compute(current: dict[str, Any]) -> dict[str, Any]:
-        if current["metadata"].get("uid") not in owner_uids:
-            return current.get("status") or {}  # a PyTorchJob of an earlier job of the same name
-        return _status(current, None if event.get("type") == "DELETED" else pytorchjob)
+        if current["metadata"].get("uid") != controller or current["metadata"].get("deletionTimestamp"):
+            return current.get("status") or {}  # another (earlier) job's PyTorchJob, or this job is going away
+        status = _status(current, pytorchjob)
+        if event.get("type") == "DELETED" and not (phase_of(status) or Phase.PENDING).is_terminal:
+            status = _status({**current, "status": status}, None)  # gone before the end: PyTorchJobLost
+        return status
 
     with metrics.reconciling():
         try:

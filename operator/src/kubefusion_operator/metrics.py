@@ -34,6 +34,12 @@ CHILDREN_CREATED = Counter(
     "Child objects the operator created, by kind (ConfigMap, PyTorchJob); adopted children are not counted.",
     ["kind"],
 )
+JOB_FAILURES = Counter(
+    "kubefusion_operator_job_failures",
+    "MultimodalTrainJobs that became Failed, counted once at the transition, by job and reason (Kubeflow's, "
+    "such as BackoffLimitExceeded, or PyTorchJobLost).",
+    ["namespace", "job_name", "reason"],
+)
 
 
 class JobPhases(Collector):

@@ -4,8 +4,10 @@ The PyTorchJob's conditions are mirrored with Kubeflow's own reasons and message
 decisive condition that is ``True`` (Failed > Succeeded > Suspended > Restarting > Running > Created), and
 ``Pending`` before the PyTorchJob exists or before Kubeflow's training operator has written its status. A
 terminal phase (Succeeded, Failed) never changes again, also when the PyTorchJob is deleted afterwards by
-``ttlSecondsAfterFinished``. Conditions the operator writes itself (``SpecValid``, ``BackendAvailable``) are
-carried over untouched.
+``ttlSecondsAfterFinished``. A PyTorchJob that existed and is gone before it reported an end fails the job
+(reason ``PyTorchJobLost``) instead of being started again. A mirrored condition the PyTorchJob no longer
+reports is set ``False``. Conditions the operator writes itself (``SpecValid``, ``BackendAvailable``,
+``ChildrenReady``) are carried over untouched.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ def status_from_pytorchjob(
     pytorchjob: dict[str, Any] | None,
     previous: dict[str, Any] | None,
     *,
-    generation: int,
+    generation: int | None,
     now: str,
 ) -> dict[str, Any]:
     """The new ``status`` of a MultimodalTrainJob.
 
     ``pytorchjob``: the child as read from the API (``None`` when it does not exist). ``previous``: the current
-    status (``{}`` for a new job). ``generation``: ``metadata.generation``, recorded as ``observedGeneration``.
+    status (``{}`` for a new job). ``generation``: ``metadata.generation`` when the spec of that generation was
+just applied, recorded as ``observedGeneration``; ``None`` (a mere PyTorchJob event) keeps the recorded one.
     ``now``: an RFC 3339 timestamp for conditions that change without a time of their own.
 
     Returns ``phase``, ``reason``, ``message`` (why the job is in that phase), ``observedGeneration``,
@@ -56,26 +59,39 @@ def status_from_pytorchjob(
     previous = copy.deepcopy(previous or {})
     before = phase_of(previous)
     status: dict[str, Any] = {key: value for key, value in previous.items() if value is not None}
-    status["observedGeneration"] = generation
+    if generation is not None:
+        status["observedGeneration"] = generation
     if pytorchjob is None:
         if before is not None and before.is_terminal:
             return _ordered(status)
+        if status.get("pytorchJob"):
+            return _ordered(_lost(status, now))
         status.update(phase=Phase.PENDING.value, reason=Reason.CHILD_PENDING,
                       message=f"{api.PYTORCHJOB_KIND} not created yet")
         return _ordered(status)
 
     child_status = pytorchjob.get("status") or {}
+    child_name = (pytorchjob.get("metadata") or {}).get("name", status.get("pytorchJob"))
     conditions = list(status.get("conditions") or [])
+    reported = set()
     for condition in child_status.get("conditions") or ():
         if condition.get("type") not in api.MIRRORED_CONDITION_TYPES:
             continue
+        reported.add(condition["type"])
         conditions = api.set_condition(
             conditions, condition["type"], condition.get("status", api.CONDITION_UNKNOWN),
             condition.get("reason") or condition["type"], condition.get("message") or "",
             condition.get("lastTransitionTime") or now, observed_generation=generation,
         )
+    for type_ in api.MIRRORED_CONDITION_TYPES:
+        # Kubeflow drops a condition as well as setting it False (Running goes when Restarting comes): a copy it
+        # no longer reports must not stay True beside the one that replaced it.
+        if type_ not in reported and api.is_condition_true(conditions, type_):
+            conditions = api.set_condition(conditions, type_, False, Reason.CONDITION_CLEARED,
+                                           f"{api.PYTORCHJOB_KIND} {child_name} no longer reports {type_}", now,
+                                           observed_generation=generation)
     status["conditions"] = conditions
-    status["pytorchJob"] = (pytorchjob.get("metadata") or {}).get("name", status.get("pytorchJob"))
+    status["pytorchJob"] = child_name
 
     phase, deciding = _phase(child_status.get("conditions") or ())
     if before is not None and before.is_terminal:
@@ -99,6 +115,23 @@ def status_from_pytorchjob(
     status.update(_shape(pytorchjob))
     status.update(_replica_counts(child_status.get("replicaStatuses") or {}))
     return _ordered(status)
+
+
+def _lost(status: dict[str, Any], now: str) -> dict[str, Any]:
+    """The run's PyTorchJob is gone before it reported an end (deleted by hand, or while nobody watched): the
+    run is over. Re-creating it would silently train again, possibly a run that had already succeeded."""
+    name = status["pytorchJob"]
+    was = status.get("phase") or Phase.PENDING.value
+    message = (f"{api.PYTORCHJOB_KIND} {name} was deleted before it reported an end (last seen: {was}); this "
+               f"job will not start it again. To train again, delete this {api.KIND} and create it again")
+    conditions = list(status.get("conditions") or [])
+    for type_ in api.MIRRORED_CONDITION_TYPES:
+        if type_ != ConditionType.FAILED and api.is_condition_true(conditions, type_):
+            conditions = api.set_condition(conditions, type_, False, Reason.CHILD_LOST, message, now)
+    conditions = api.set_condition(conditions, ConditionType.FAILED, True, Reason.CHILD_LOST, message, now)
+    status.update(phase=Phase.FAILED.value, reason=Reason.CHILD_LOST, message=message, conditions=conditions,
+                  completionTime=now)
+    return status
 
 
 _KEY_ORDER = ("phase", "reason", "message", "observedGeneration", "pytorchJob", "startTime", "completionTime",

@@ -131,10 +131,44 @@ def test_a_final_phase_never_regresses(final):
         assert status["observedGeneration"] == 2
 
 
-def test_a_lost_pytorchjob_before_the_end_returns_to_pending():
+def test_a_pytorchjob_lost_before_the_end_fails_the_job_instead_of_running_again():
     running = status_from_pytorchjob(child(CREATED, RUNNING), {}, generation=1, now=NOW)
-    status = status_from_pytorchjob(None, running, generation=1, now=NOW)
-    assert status["phase"] == "Pending" and status["pytorchJob"] == "products"
+    status = status_from_pytorchjob(None, running, generation=None, now="2026-11-27T01:00:00Z")
+    assert (status["phase"], status["reason"]) == ("Failed", "PyTorchJobLost")
+    assert "last seen: Running" in status["message"] and "delete this MultimodalTrainJob" in status["message"]
+    assert status["completionTime"] == "2026-11-27T01:00:00Z" and status["pytorchJob"] == "products"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions["Failed"] == ("True", "PyTorchJobLost")
+    assert conditions["Running"] == ("False", "PyTorchJobLost")
+    assert conditions["Created"] == ("False", "PyTorchJobLost")
+    # Final: a later resync without the PyTorchJob changes nothing.
+    assert status_from_pytorchjob(None, status, generation=None, now="2026-11-27T02:00:00Z") == status
+
+
+def test_never_created_is_pending_not_lost():
+    status = status_from_pytorchjob(None, {}, generation=1, now=NOW)
+    assert (status["phase"], status["reason"]) == ("Pending", "PyTorchJobPending")
+
+
+def test_a_condition_kubeflow_no_longer_reports_is_set_false():
+    running = status_from_pytorchjob(child(CREATED, RUNNING), {}, generation=1, now=NOW)
+    restarting = status_from_pytorchjob(child(CREATED, cond("Restarting", at="2026-11-26T22:10:00Z")), running,
+                                        generation=None, now="2026-11-26T22:10:05Z")
+    assert restarting["phase"] == "Restarting"
+    by_type = {c["type"]: c for c in restarting["conditions"]}
+    assert by_type["Running"]["status"] == "False" and by_type["Running"]["reason"] == "ConditionCleared"
+    assert by_type["Running"]["lastTransitionTime"] == "2026-11-26T22:10:05Z"
+    again = status_from_pytorchjob(child(CREATED, cond("Running", at="2026-11-26T22:12:00Z")), restarting,
+                                   generation=None, now="2026-11-26T22:12:05Z")
+    true = sorted(c["type"] for c in again["conditions"] if c["status"] == "True")
+    assert again["phase"] == "Running" and true == ["Created", "Running"]
+
+
+def test_a_pytorchjob_event_does_not_claim_a_generation_it_did_not_apply():
+    applied = status_from_pytorchjob(child(CREATED), {}, generation=1, now=NOW)
+    mirrored = status_from_pytorchjob(child(CREATED, RUNNING), applied, generation=None, now=NOW)
+    assert mirrored["observedGeneration"] == 1
+    assert status_from_pytorchjob(child(CREATED, RUNNING), {}, generation=None, now=NOW).get("observedGeneration") is None
 
 
 def test_status_mapping_does_not_modify_its_inputs():
