@@ -59,7 +59,9 @@ def prepared_job(tmp_path_factory):
     port = free_port()
     spec = document["spec"]
     spec["monitoring"] = {"metricsPort": port}
-    spec["training"].update({"epochs": 1, "baselines": False, "batchSizePerGPU": 16})
+    # Metrics are published once per logging window: a window of one step lets the scrape catch the run
+    # mid-epoch, before the cosine schedule has decayed the learning rate to 0 at the last step.
+    spec["training"].update({"epochs": 1, "baselines": False, "batchSizePerGPU": 16, "logEverySteps": 1})
     spec["resources"]["gpusPerNode"] = 1
     config = root / "job.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False))

@@ -39,6 +39,7 @@ FORMAT_VERSION = 3
 """Bumped whenever the graph or the manifest changes meaning; part of the content key."""
 MANIFEST = "manifest.json"
 POINTER = "latest.json"
+JOB_POINTERS = "jobs"
 ONNX_FILE = "preprocess.onnx"
 SAVED_MODEL_DIR = "saved_model"
 TOKENIZER_DIR = "tokenizer"
@@ -201,8 +202,30 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(temp, path)
 
 
-def write_pointer(root: Path, key: str) -> None:
+def job_pointer_path(root: Path, namespace: str, name: str) -> Path:
+    """``jobs/<namespace>.<name>.json``: which artifact this job's preprocessing produced. Unlike latest.json it
+    is never moved by another job exporting into a shared ARTIFACTS volume."""
+    return Path(root) / JOB_POINTERS / f"{namespace}.{name}.json"
+
+
+def write_pointer(root: Path, key: str, *, job: tuple[str, str] | None = None) -> None:
+    """Point latest.json (and, given ``job=(namespace, name)``, that job's own pointer) at ``key``."""
+    if job is not None:
+        path = job_pointer_path(root, *job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"content_key": key, "path": key})
     write_json_atomic(root / POINTER, {"content_key": key, "path": key})
+
+
+def job_content_key(root: Path, namespace: str, name: str) -> str | None:
+    """The content key recorded for this job by ``kubefusion preprocess``, or None if it never ran here."""
+    path = job_pointer_path(root, namespace, name)
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["content_key"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: unreadable job pointer ({exc}); rerun `kubefusion preprocess`") from None
 
 
 def read_manifest(artifact_dir: Path) -> dict[str, Any]:

@@ -25,6 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from kubefusion.preprocess.export import prepare
 
     job = load_job_file(args.config)
+    # The init container is the first thing a cluster job runs: a missing backbone fails here, in a second,
+    # not after the data scan, the export and GPU scheduling.
+    from kubefusion.model import check_model_sources
+
+    check_model_sources(job.model)
     result = prepare(job, args.out, data_root=args.data)
     if args.json:
         print(json.dumps({"artifact": str(result.artifact_dir), "content_key": result.content_key,

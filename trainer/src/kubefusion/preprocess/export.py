@@ -124,7 +124,7 @@ def prepare(job: JobConfig, artifacts: Path, *, data_root: str | Path | None = N
     final = artifacts / key
     if (final / MANIFEST).is_file():
         artifact.verify(final)
-        artifact.write_pointer(artifacts, key)
+        artifact.write_pointer(artifacts, key, job=(job.namespace, job.name))
         log.info("preprocessing artifact %s already exists: reused", final)
         return PrepareResult(final, key, True, time.perf_counter() - started)
 
@@ -137,7 +137,7 @@ def prepare(job: JobConfig, artifacts: Path, *, data_root: str | Path | None = N
         shutil.rmtree(temp, ignore_errors=True)
         raise
     artifact.verify(final)
-    artifact.write_pointer(artifacts, key)
+    artifact.write_pointer(artifacts, key, job=(job.namespace, job.name))
     log.info("preprocessing artifact %s %s", final, "written" if won else "written by another process: reused")
     return PrepareResult(final, key, not won, time.perf_counter() - started)
 

@@ -324,7 +324,8 @@ class _Reporter:
             self.writer.add_scalar("validation/top1", scores["top1"], step)
             self.writer.add_scalar("validation/loss", scores["loss"], step)
         if self.metrics:
-            self.metrics.observe_eval(split="validation", accuracy=scores["top1"], loss=scores["loss"])
+            self.metrics.observe_eval(split="validation", accuracy=scores["top1"], loss=scores["loss"],
+                                      stage=self.name)
 
     def close(self) -> None:
         self.flush()

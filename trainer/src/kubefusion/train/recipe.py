@@ -82,12 +82,15 @@ def data_root(job: JobConfig, artifacts: Path, explicit: str | Path | None) -> s
 def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtime,
                data_dir: str | Path | None = None) -> dict[str, Any]:
     from kubefusion.data.tokenizer import load_tokenizer
-    from kubefusion.preprocess.artifact import TOKENIZER_DIR
+    from kubefusion.preprocess.artifact import TOKENIZER_DIR, job_content_key
     from kubefusion.preprocess.runtime import Preprocessor
 
     # Not torch.get_num_threads(): torchrun sets that to 1, and preprocessing now runs beside the step.
     threads = preprocess_threads(available_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    preprocessor = Preprocessor.load(artifacts, backend=job.preprocessing.backend, threads=threads)
+    # This job's own pointer, not latest.json: another job exporting into a shared ARTIFACTS volume moves that.
+    own_key = job_content_key(Path(artifacts), job.namespace, job.name)
+    preprocessor = Preprocessor.load(artifacts, backend=job.preprocessing.backend, threads=threads,
+                                     content_key=own_key)
     check_same_artifact(preprocessor.content_key, runtime.rank)
     manifest = preprocessor.manifest
     tokenizer = load_tokenizer(str(preprocessor.artifact_dir / TOKENIZER_DIR))
@@ -124,8 +127,8 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
                 results["baselines"][stage.modalities[0]] = scores
             if metrics:
                 for split, s in scores.items():
-                    if s.get("top1") is not None and stage.name == "fused":
-                        metrics.observe_eval(split=split, accuracy=s["top1"], loss=s["loss"])
+                    if s.get("top1") is not None:
+                        metrics.observe_eval(split=split, accuracy=s["top1"], loss=s["loss"], stage=stage.name)
             del model
     finally:
         for writer in writers.values():
