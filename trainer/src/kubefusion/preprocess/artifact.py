@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -31,9 +32,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubefusion.errors import ArtifactError, DataError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
 """Bumped whenever the graph or the manifest changes meaning; part of the content key."""
@@ -89,13 +92,18 @@ def package_versions(names: Iterable[str]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ content key
 
 
-def data_fingerprint(data_root: str | Path, *, exclude_dirs: Iterable[str] = ("ood",)) -> dict[str, Any]:
+def data_fingerprint(data_root: str | Path, *, exclude_dirs: Iterable[str] = ("ood",),
+                     cache: Path | None = None, rehash: bool = False) -> dict[str, Any]:
     """sha256 over every data file's relative path and contents.
 
     Contents, not modification times: each pod may synthesise or copy the same data at its own time, and all
     of them must arrive at the same key. The out-of-distribution folder is left out; it does not change
     the training statistics. A URI root (``gs://``, ``file://``...) is read through ``tf.io.gfile`` with the
     same formula, so the same files give the same key wherever they live.
+
+    ``cache``: a digest cache file (:func:`fingerprint_cache_path`). A file whose size and modification time
+    match its cached entry is not read again; the key is the same with or without it. ``rehash`` ignores the
+    cached digests (every file is read) and rewrites the cache.
     """
     excluded = set(exclude_dirs)
 
@@ -103,8 +111,10 @@ def data_fingerprint(data_root: str | Path, *, exclude_dirs: Iterable[str] = ("o
         parts = rel.split("/")
         return parts[0] not in excluded and not any(part.startswith(".") for part in parts)
 
+    known = {} if cache is None or rehash else read_digest_cache(cache)
+    started_ns = time.time_ns()
     if _is_uri(data_root):
-        entries = _uri_file_digests(str(data_root), counted)
+        entries = _uri_file_digests(str(data_root), counted, known, stat=cache is not None)
     else:
         root = Path(data_root)
         if not root.is_dir():
@@ -114,13 +124,95 @@ def data_fingerprint(data_root: str | Path, *, exclude_dirs: Iterable[str] = ("o
         for path in files_under(root):
             rel = path.relative_to(root).as_posix()
             if counted(rel):
-                entries.append((rel, sha256_file(path), path.stat().st_size))
-    digest = hashlib.sha256()
-    for rel, sha, _ in entries:
-        digest.update(rel.encode() + b"\0" + sha.encode() + b"\n")
+                # stat before reading: a write during the read leaves a newer mtime than the one cached.
+                stat = path.stat()
+                sha = _cached_digest(known, rel, stat.st_size, stat.st_mtime_ns) or sha256_file(path)
+                entries.append(FileDigest(rel, sha, stat.st_size, stat.st_mtime_ns))
     if not entries:
         raise ArtifactError(f"{data_root}: no data files to fingerprint")
-    return {"sha256": digest.hexdigest(), "files": len(entries), "bytes": sum(size for *_, size in entries)}
+    if cache is not None:
+        write_digest_cache(cache, entries, known, started_ns)
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(entry.rel.encode() + b"\0" + entry.sha256.encode() + b"\n")
+    return {"sha256": digest.hexdigest(), "files": len(entries), "bytes": sum(e.size for e in entries)}
+
+
+class FileDigest(NamedTuple):
+    rel: str
+    sha256: str
+    size: int
+    mtime_ns: int | None
+    """None where the file system reports no modification time (such a file is hashed on every run)."""
+
+
+# ------------------------------------------------------------------------------------ digest cache
+#
+# ARTIFACTS/.fingerprints/<sha256 of the data root>.json: {"version": 1, "files": {rel: [size, mtime_ns,
+# sha256]}}. Only an optimisation: whatever it holds, the key is computed from file contents, and a
+# missing, torn or foreign cache file only means files are read again. Writers replace it whole (temp file +
+# os.replace), so concurrent pods never interleave; the last one wins.
+
+FINGERPRINT_CACHE_DIR = ".fingerprints"
+DIGEST_CACHE_VERSION = 1
+RACY_SECONDS = 5
+"""A file modified this recently (before the run started) is not cached: it could be rewritten again within the
+file system's timestamp granularity (2 s on FAT, 1 s through some object stores, a clock tick on ext4) with the
+same size, and its mtime would not change. Such files are hashed again until they are older."""
+
+
+def fingerprint_cache_path(artifacts: Path, data_root: str | Path) -> Path:
+    """The digest cache file of ``data_root`` (its absolute path, or the URI as written) under ``artifacts``."""
+    name = str(data_root) if _is_uri(data_root) else str(Path(data_root).resolve())
+    return Path(artifacts) / FINGERPRINT_CACHE_DIR / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.json"
+
+
+def read_digest_cache(path: Path) -> dict[str, tuple[int, int, str]]:
+    """{relative path: (size, mtime_ns, sha256)}; empty (logged at debug level) when missing or unreadable."""
+    try:
+        doc = json.loads(path.read_bytes())
+        if doc.get("version") != DIGEST_CACHE_VERSION:
+            raise ValueError(f"version {doc.get('version')!r}")
+        known = {}
+        for rel, (size, mtime_ns, sha) in doc["files"].items():
+            if not (type(size) is int and type(mtime_ns) is int and isinstance(sha, str) and len(sha) == 64):
+                raise ValueError(f"bad entry for {rel!r}")
+            known[rel] = (size, mtime_ns, sha)
+        return known
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        log.debug("%s: digest cache ignored, every file is hashed (%s)", path, exc)
+        return {}
+
+
+def _cached_digest(known: dict[str, tuple[int, int, str]], rel: str, size: int, mtime_ns: int | None) -> str | None:
+    if mtime_ns is None:
+        return None
+    entry = known.get(rel)
+    return entry[2] if entry is not None and entry[:2] == (size, mtime_ns) else None
+
+
+def write_digest_cache(path: Path, entries: list[FileDigest], known: dict[str, tuple[int, int, str]],
+                       started_ns: int) -> None:
+    """Replace the cache with this run's settled files. Best effort: a read-only ARTIFACTS folder only costs
+    the next run its reads."""
+    settled_before = started_ns - RACY_SECONDS * 1_000_000_000
+    files = {e.rel: (e.size, e.mtime_ns, e.sha256) for e in entries
+             if e.mtime_ns is not None and e.mtime_ns < settled_before}
+    if files == known:
+        return  # nothing new: a warm run does not rewrite a file of a million entries
+    doc = {"version": DIGEST_CACHE_VERSION, "files": {rel: list(v) for rel, v in files.items()}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f"{TEMP_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            temp.write_bytes(canonical_json(doc))
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("%s: digest cache not written (%s)", path, exc)
 
 
 URI_READ_THREADS = 16
@@ -134,18 +226,34 @@ def _is_uri(path: str | Path) -> bool:
     return is_uri(path)
 
 
-def _uri_file_digests(root: str, counted: Callable[[str], bool]) -> list[tuple[str, str, int]]:
-    """(relative path, sha256, size) of every counted file below the URI ``root``, read through tf.io.gfile."""
+def _uri_file_digests(root: str, counted: Callable[[str], bool], known: dict[str, tuple[int, int, str]], *,
+                      stat: bool) -> list[FileDigest]:
+    """Every counted file below the URI ``root``, read through tf.io.gfile. With ``stat``, each file's size and
+    modification time are asked first (one round trip, not a read), so a cached digest can stand."""
     from kubefusion.data import _gfile
 
     # exists() first: isdir() answers False, not an error, for a scheme this TensorFlow does not serve.
     if not (_gfile.exists(root) and _gfile.isdir(root)):
         raise DataError(f"{root}: no such dataset folder (spec.data.path)")
+
+    def digest(rel: str) -> FileDigest:
+        path = _gfile.join(root, rel)
+        size, mtime_ns = -1, None
+        if stat:
+            info = _gfile.gfile().stat(path)
+            # A file system that keeps no time answers 0 (TF's ram://): no cache for its files.
+            size, mtime_ns = int(info.length), int(info.mtime_nsec) or None
+        sha = _cached_digest(known, rel, size, mtime_ns)
+        if sha is None:
+            sha, read = _gfile.sha256_and_size(path)
+            if read != size:  # changed since the stat (or not stat'ed): nothing trustworthy to cache
+                size, mtime_ns = read, None
+        return FileDigest(rel, sha, size, mtime_ns)
+
     with _gfile.readable(root):
         names = [rel for rel in _gfile.files_below(root) if counted(rel)]
         with ThreadPoolExecutor(URI_READ_THREADS) as pool:
-            digests = list(pool.map(lambda rel: _gfile.sha256_and_size(_gfile.join(root, rel)), names))
-    return [(rel, sha, size) for rel, (sha, size) in zip(names, digests)]
+            return list(pool.map(digest, names))
 
 
 def tokenizer_fingerprint(name: str, base_dir: Path | None = None) -> dict[str, Any]:
@@ -248,6 +356,37 @@ def verify(artifact_dir: Path) -> dict[str, Any]:
         if sha256_file(path) != expected:
             raise ArtifactError(f"{path}: sha256 differs from {MANIFEST} (corrupt or modified artifact)")
     return manifest
+
+
+CORRUPT_PREFIX = ".corrupt-"
+
+
+def move_aside_corrupt(final_dir: Path, verified: os.stat_result, reason: str) -> Path | None:
+    """Rename the artifact ``final_dir``, which failed verification, to ``.corrupt-<key>-<UTC time>-<rand>``
+    beside it (kept for inspection), so it can be rebuilt. ``verified``: the folder's stat from before the
+    failed check. Returns where it went, or None when another process moved it first.
+
+    Several pods may find the same corrupt artifact at once. Only the first rename finds the folder; the
+    others' fail (nothing to move) and they rebuild too, and their exports race to publish as usual. A pod
+    that is slow enough may instead rename a *new* artifact another pod already published in its place: the
+    folder's inode tells, and that folder is put back (or, if a third export was published meanwhile,
+    discarded: it is as valid as the one in place)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = final_dir.with_name(f"{CORRUPT_PREFIX}{final_dir.name}-{stamp}-{secrets.token_hex(3)}")
+    try:
+        os.rename(final_dir, aside)
+    except FileNotFoundError:
+        log.info("%s: already moved aside by another process", final_dir)
+        return None
+    moved = aside.stat()
+    if (moved.st_dev, moved.st_ino) != (verified.st_dev, verified.st_ino):
+        try:
+            os.rename(aside, final_dir)
+        except OSError:
+            shutil.rmtree(aside, ignore_errors=True)
+        return None
+    log.warning("%s failed verification (%s): moved aside to %s and rebuilding it", final_dir, reason, aside.name)
+    return aside
 
 
 def resolve(artifacts: Path, content_key: str | None = None) -> Path:

@@ -56,13 +56,15 @@ class PrepareResult:
 # ------------------------------------------------------------------------------------------- the key
 
 
-def key_material(job: JobConfig, data_root: str | Path) -> dict[str, Any]:
-    """Everything the artifact depends on; its hash is the content key."""
+def key_material(job: JobConfig, data_root: str | Path, *, fingerprint_cache: Path | None = None,
+                 rehash: bool = False) -> dict[str, Any]:
+    """Everything the artifact depends on; its hash is the content key. ``fingerprint_cache`` and ``rehash``:
+    see :func:`artifact.data_fingerprint` (they never change the result)."""
     pre = job.preprocessing
     data = job.data
     return {
         "format": artifact.FORMAT_VERSION,
-        "data": artifact.data_fingerprint(data_root),
+        "data": artifact.data_fingerprint(data_root, cache=fingerprint_cache, rehash=rehash),
         "preprocessing": {
             "image_size": pre.image_size,
             "image_mean": list(pre.image_mean),
@@ -105,25 +107,31 @@ def expected_content_key(job: JobConfig, artifacts: Path, *, data_root: str | Pa
     """The content key ``kubefusion preprocess`` computes for this job (no TensorFlow; hashes the data files).
     ``Preprocessor.load(artifacts, content_key=...)`` with it picks this job's artifact even when another
     job's export moved ``latest.json`` in a shared ARTIFACTS folder. A URI root is hashed through tf.io.gfile
-    (TensorFlow imported, every file read)."""
-    root = data_root if data_root is not None else data_root_for(job, Path(artifacts))
-    return artifact.content_key(key_material(job, root))
+    (TensorFlow imported). Files unchanged since the last run (size and mtime) take their digest from
+    ``ARTIFACTS/.fingerprints/`` instead of being read."""
+    artifacts = Path(artifacts)
+    root = data_root if data_root is not None else data_root_for(job, artifacts)
+    cache = artifact.fingerprint_cache_path(artifacts, root)
+    return artifact.content_key(key_material(job, root, fingerprint_cache=cache))
 
 
 # ----------------------------------------------------------------------------------------- prepare
 
 
-def prepare(job: JobConfig, artifacts: Path, *, data_root: str | Path | None = None) -> PrepareResult:
-    """Make sure ``artifacts/<content key>/`` holds this job's preprocessing artifact; point latest.json at it."""
+def prepare(job: JobConfig, artifacts: Path, *, data_root: str | Path | None = None,
+            rehash: bool = False) -> PrepareResult:
+    """Make sure ``artifacts/<content key>/`` holds this job's preprocessing artifact; point latest.json at it.
+    An existing artifact that fails verification is moved aside and rebuilt. ``rehash``: read every data file
+    for the key even where the digest cache knows it."""
     started = time.perf_counter()
     artifacts = Path(artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
     root = data_root if data_root is not None else data_root_for(job, artifacts)
-    material = key_material(job, root)
+    material = key_material(job, root, fingerprint_cache=artifact.fingerprint_cache_path(artifacts, root),
+                            rehash=rehash)
     key = artifact.content_key(material)
     final = artifacts / key
-    if (final / MANIFEST).is_file():
-        artifact.verify(final)
+    if existing_artifact_is_valid(final):
         artifact.write_pointer(artifacts, key, job=(job.namespace, job.name))
         log.info("preprocessing artifact %s already exists: reused", final)
         return PrepareResult(final, key, True, time.perf_counter() - started)
@@ -140,6 +148,21 @@ def prepare(job: JobConfig, artifacts: Path, *, data_root: str | Path | None = N
     artifact.write_pointer(artifacts, key, job=(job.namespace, job.name))
     log.info("preprocessing artifact %s %s", final, "written" if won else "written by another process: reused")
     return PrepareResult(final, key, not won, time.perf_counter() - started)
+
+
+def existing_artifact_is_valid(final: Path) -> bool:
+    """True when ``final`` holds a verified artifact. One that fails verification (a file changed, missing or
+    truncated; no manifest) would fail every later pod the same way, so it is moved aside for rebuilding."""
+    try:
+        before = final.stat()
+    except FileNotFoundError:
+        return False
+    try:
+        artifact.verify(final)
+        return True
+    except ArtifactError as exc:
+        artifact.move_aside_corrupt(final, before, str(exc))
+        return False
 
 
 def training_split(job: JobConfig, root: str | Path) -> tuple[Any, list[Any], dict[str, int]]:

@@ -45,7 +45,15 @@ class Preprocessor:
         if backend not in BACKENDS:
             raise ArtifactError(f"preprocessing backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
         artifact_dir = artifact.resolve(Path(artifacts), content_key)
-        manifest = artifact.verify(artifact_dir) if verify else artifact.read_manifest(artifact_dir)
+        if verify:
+            try:
+                manifest = artifact.verify(artifact_dir)
+            except ArtifactError as exc:
+                raise ArtifactError(
+                    f"{artifact_dir}: corrupt preprocessing artifact ({exc}); rerun `kubefusion preprocess` with "
+                    "this job's config and ARTIFACTS folder: it moves the folder aside and rebuilds it") from None
+        else:
+            manifest = artifact.read_manifest(artifact_dir)
         if content_key and manifest.get("content_key") != content_key:
             raise ArtifactError(f"{artifact_dir}: content key {manifest.get('content_key')} != {content_key}")
         if backend == "onnx":
