@@ -129,6 +129,8 @@ def job_body(name: str, *, nodes: int = 2, gpus: int = 4, suspend: bool = False,
         'spec': {'image': 'registry.example.com/kubefusion-trainer:0.1.0',
                  'data': {'source': {'persistentVolumeClaim': {'claimName': 'datasets'}}, 'path': 'products/'},
                  'resources': {'nodes': nodes, 'gpusPerNode': gpus},
+                 # Several nodes need a volume all pods share for checkpoints (a ReadWriteMany claim).
+                 'storage': {'checkpoints': {'persistentVolumeClaim': {'claimName': 'runs'}}},
                  'runPolicy': {'suspend': suspend}}}
     body['spec'].update(spec)
     return body

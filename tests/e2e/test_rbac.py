@@ -54,9 +54,9 @@ def test_operator_does_everything_within_its_cluster_role_and_uses_all_of_it(
         cluster.wait_phase('early', 'Running')
         cluster.patch_job('early', {'spec': {'runPolicy': {'suspend': True}}})
         wait_for(lambda: cluster.pytorchjob('early')['spec']['runPolicy']['suspend'] is True, what='suspend')
-        orphan = {'metadata': {'name': 'late-config'}, 'data': {}}
+        orphan = {'metadata': {'name': 'late-config', 'labels': {'kubefusion.io/job-name': 'late'}}, 'data': {}}
         cluster.core.create_namespaced_config_map('ml-team', orphan)
-        cluster.create_job(job_body('late'))  # its ConfigMap exists already: adopted and patched
+        cluster.create_job(job_body('late'))  # its ConfigMap, made for it, exists already: adopted and patched
         wait_for(lambda: cluster.core.read_namespaced_config_map('late-config', 'ml-team').metadata.owner_references,
                  what='adoption')
         wait_for(lambda: any(e.reason == 'Created' for e in cluster.events('early')), what='an Event')

@@ -29,6 +29,14 @@ VOLUME_TYPES = frozenset({
     "projected", "quobyte", "rbd", "scaleIO", "secret", "storageos", "vsphereVolume",
 })
 """The volume source fields of a core/v1 ``Volume`` (a typo such as ``persistentVolumeClam`` is refused)."""
+POD_LOCAL_VOLUME_TYPES = frozenset({
+    "emptyDir", "hostPath", "ephemeral", "gitRepo", "configMap", "secret", "downwardAPI", "projected"})
+"""Volume types whose contents one pod (or node) sees alone: no place for checkpoints that several nodes share."""
+MULTI_NODE_CHECKPOINTS = (
+    "a job with more than one node needs a volume all its pods share (a ReadWriteMany persistentVolumeClaim, nfs, "
+    "csi, ...), not emptyDir or hostPath: rank 0 writes the checkpoints and after a restart every rank reads "
+    "them from there")
+"""Also the CRD's CEL message (manifests/crd.yaml): the two are kept equal by a test."""
 
 HOW_TO_PROVIDE = {
     "spec.image": ("name the trainer image in the job, or give the operator a default trainer image: Helm values "
@@ -194,6 +202,10 @@ def _cross_field(spec: dict[str, Any]) -> list[str]:
                         "or use a URI such as gs://bucket/path")
     if source and "emptyDir" in source:
         problems.append("spec.data.source: an emptyDir holds no data; name the volume the dataset is on")
+    checkpoints = spec["storage"].get("checkpoints") or {}
+    if spec["resources"]["nodes"] > 1 and (not checkpoints or set(checkpoints) & POD_LOCAL_VOLUME_TYPES):
+        got = f"got {next(iter(checkpoints))}" if checkpoints else "got none: an emptyDir per pod"
+        problems.append(f"spec.storage.checkpoints: {MULTI_NODE_CHECKPOINTS} ({got})")
     for key in ("path", "oodPath"):
         value = data.get(key)
         if source and value and not URI_RE.match(value) and ".." in posixpath.normpath(value).split("/"):

@@ -16,7 +16,7 @@ from kubefusion import config as trainer_config
 from kubefusion_operator import api
 from kubefusion_operator.builders import with_defaults
 from kubefusion_operator.builders.fields import SPEC_FIELDS, Field, walk
-from kubefusion_operator.validation import immutable_changes, validate_spec
+from kubefusion_operator.validation import MULTI_NODE_CHECKPOINTS, immutable_changes, validate_spec
 
 BASE = {"image": "registry.example.com/kubefusion-trainer:0.1.0"}
 OPERATOR_ONLY = ("scheduling", "runPolicy", "storage")
@@ -326,6 +326,38 @@ def test_data_source_refuses_emptydir_and_two_volume_types(crd_errors):
         assert any(e.startswith("spec.data.source") for e in validate_spec(spec))
 
 
+MULTI_NODE = {**BASE, "resources": {"nodes": 2}}
+
+
+@pytest.mark.parametrize("checkpoints, accepted", [
+    (None, False),
+    ({"emptyDir": {}}, False),
+    ({"hostPath": {"path": "/mnt/runs"}}, False),
+    ({"persistentVolumeClaim": {"claimName": "runs"}}, True),
+    ({"nfs": {"server": "nfs.example.com", "path": "/exports/runs"}}, True),
+    ({"csi": {"driver": "efs.csi.aws.com"}}, True),
+])
+def test_multi_node_jobs_need_shared_checkpoints_in_crd_and_operator(checkpoints, accepted, crd_errors):
+    spec = {**MULTI_NODE, "storage": {"checkpoints": checkpoints}} if checkpoints else MULTI_NODE
+    crd = [e for e in crd_errors(spec) if MULTI_NODE_CHECKPOINTS in e]
+    operator = [e for e in validate_spec(spec) if e.startswith("spec.storage.checkpoints")]
+    assert (crd == []) is accepted, crd
+    assert (operator == []) is accepted, operator
+    if not accepted:
+        assert MULTI_NODE_CHECKPOINTS in operator[0] and "ReadWriteMany" in operator[0]
+
+
+def test_one_node_may_keep_checkpoints_in_an_emptydir(crd_errors):
+    assert crd_errors(BASE) == [] and validate_spec(BASE) == []
+    one = {**BASE, "storage": {"checkpoints": {"emptyDir": {}}}}
+    assert crd_errors(one) == [] and validate_spec(one) == []
+
+
+def test_pod_local_volume_types_the_crd_cannot_see_are_refused_by_the_operator():
+    spec = {**MULTI_NODE, "storage": {"checkpoints": {"ephemeral": {"volumeClaimTemplate": {"spec": {}}}}}}
+    assert any("got ephemeral" in e for e in validate_spec(spec))
+
+
 @pytest.mark.parametrize("name, ok", [
     ("products", True), ("a", True), ("resnet50-bert-base", True), ("x" * 50, True), ("x" * 51, False),
     ("1products", False), ("Products", False), ("products-", False), ("prod.ucts", False),
@@ -371,7 +403,8 @@ def _transition_rules(root_schema, all_cel_rules):
 
 @pytest.mark.parametrize("path, node", leaves(), ids=[p for p, _ in leaves()])
 def test_crd_and_operator_agree_on_what_may_change(path, node, root_schema, all_cel_rules, cel):
-    old = with_defaults({**BASE, "data": {"path": "p", "source": {"persistentVolumeClaim": {"claimName": "d"}}}})
+    old = with_defaults({**BASE, "data": {"path": "p", "source": {"persistentVolumeClaim": {"claimName": "d"}}},
+                         "storage": {"checkpoints": {"persistentVolumeClaim": {"claimName": "runs"}}}})
     current = _get(old, path)
     new = set_path(old, path, _changed_value(path, node, current))
     assert validate_spec(new) == [], f"probe value for {path} must be valid"
