@@ -213,7 +213,7 @@ def test_concurrent_exports_leave_one_complete_artifact(tmp_path, job_file):
     assert len({s["artifact"] for s in summaries}) == 1
     assert sorted(s["reused"] for s in summaries) == [False, True]  # one wrote it, the other used it
     entries = sorted(p.name for p in out.iterdir())
-    assert entries == sorted([summaries[0]["content_key"], "latest.json"])
+    assert set(entries) - {artifact.FINGERPRINT_CACHE_DIR} == {summaries[0]["content_key"], "latest.json", "jobs"}
     artifact.verify(out / summaries[0]["content_key"])
 
 
@@ -366,3 +366,31 @@ def test_a_listed_record_that_is_no_longer_readable_says_to_rerun_preprocess(bui
     with pytest.raises(DataError, match=rf"1 record\(s\) listed in the preprocessing artifact's record index are no "
                                         rf"longer readable \(first: id '{gone}'\).*rerun it"):
         _training_data(job_file, changed, result.artifact_dir)
+
+
+def test_concurrent_pods_move_a_corrupt_artifact_aside_and_rebuild_one_valid_artifact(tmp_path, built, job_file):
+    import shutil
+
+    from kubefusion.preprocess import artifact
+    from kubefusion.preprocess.runtime import Preprocessor
+
+    _, result = built
+    out = tmp_path / "artifacts"
+    damaged = out / result.content_key
+    shutil.copytree(result.artifact_dir, damaged)
+    onnx_file = damaged / "preprocess.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.raises(ArtifactError, match=f"{damaged}: corrupt .*rerun `kubefusion preprocess`"):
+        Preprocessor.load(out, content_key=result.content_key)
+
+    cmd = [sys.executable, "-m", "kubefusion", "preprocess", "--config", str(job_file), "--out", str(out), "--json"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    assert {json.loads(stdout)["artifact"] for stdout, _ in results} == {str(damaged)}
+    artifact.verify(damaged)
+    assert Preprocessor.load(out, content_key=result.content_key).content_key == result.content_key
+    [aside] = [p for p in out.iterdir() if p.name.startswith(f".corrupt-{result.content_key}-")]
+    assert len((aside / "preprocess.onnx").read_bytes()) == 100  # the damaged copy, kept for inspection
+    warnings = [line for _, err in results for line in err.splitlines() if "failed verification" in line]
+    assert warnings and "preprocess.onnx: sha256 differs" in warnings[0] and aside.name in warnings[0]

@@ -1,5 +1,5 @@
-"""Preprocessing pieces that need no TensorFlow: statistics, content key, atomic publication, verification,
-unsupported-op detection, and the serving side's input parsing."""
+"""Preprocessing pieces that need no TensorFlow: statistics, content key, atomic publication, verification
+(and moving a corrupt artifact aside), unsupported-op detection, and the serving side's input parsing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from kubefusion.config import demo
 from kubefusion.errors import ArtifactError, DataError, UserError
 from kubefusion.preprocess import artifact
-from kubefusion.preprocess.export import key_material, nonstandard_ops
+from kubefusion.preprocess.export import existing_artifact_is_valid, key_material, nonstandard_ops
 from kubefusion.preprocess.stats import NumericStatistics, compute_numeric_statistics
 from kubefusion.serve.export import _replace_dir
 from kubefusion.serve.predict import parse_numeric
@@ -149,6 +149,64 @@ def test_verify_names_a_corrupted_file(tmp_path):
     (folder / "preprocess.onnx").write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match="preprocess.onnx: sha256 differs"):
         artifact.verify(folder)
+
+
+def _corrupt_names(root):
+    return [p.name for p in root.iterdir() if p.name.startswith(artifact.CORRUPT_PREFIX)]
+
+
+def test_a_tampered_artifact_is_moved_aside_with_a_warning_and_reported_invalid(tmp_path, caplog):
+    folder = _fake_artifact(tmp_path / "k")
+    assert existing_artifact_is_valid(folder) and existing_artifact_is_valid(tmp_path / "nothing") is False
+    (folder / "preprocess.onnx").write_bytes(b"tampered")
+    with caplog.at_level("WARNING"):
+        assert existing_artifact_is_valid(folder) is False
+    assert not folder.exists()
+    [aside] = _corrupt_names(tmp_path)
+    assert aside.startswith(".corrupt-k-") and (tmp_path / aside / "preprocess.onnx").read_bytes() == b"tampered"
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "preprocess.onnx: sha256 differs" in warning and aside in warning
+
+
+def test_an_artifact_without_its_manifest_is_moved_aside_too(tmp_path):
+    folder = _fake_artifact(tmp_path / "k")
+    (folder / artifact.MANIFEST).unlink()
+    assert existing_artifact_is_valid(folder) is False
+    assert not folder.exists() and len(_corrupt_names(tmp_path)) == 1
+
+
+def test_the_loser_of_a_move_aside_race_finds_nothing_to_move(tmp_path):
+    folder = _fake_artifact(tmp_path / "k")
+    (folder / "preprocess.onnx").write_bytes(b"tampered")
+    seen = folder.stat()
+    assert artifact.move_aside_corrupt(folder, seen, "sha256 differs") is not None
+    assert artifact.move_aside_corrupt(folder, seen, "sha256 differs") is None  # no error
+    assert len(_corrupt_names(tmp_path)) == 1
+
+
+def test_a_late_loser_puts_back_the_artifact_rebuilt_in_the_meantime(tmp_path):
+    folder = _fake_artifact(tmp_path / "k")
+    (folder / "preprocess.onnx").write_bytes(b"tampered")
+    seen_by_loser = folder.stat()
+    assert artifact.move_aside_corrupt(folder, folder.stat(), "sha256 differs") is not None
+    rebuilt = _fake_artifact(artifact.new_temp_dir(tmp_path, "k"), b"rebuilt")
+    assert artifact.publish(rebuilt, folder)
+    assert artifact.move_aside_corrupt(folder, seen_by_loser, "sha256 differs") is None
+    assert (folder / "preprocess.onnx").read_bytes() == b"rebuilt" and artifact.verify(folder)
+    assert len(_corrupt_names(tmp_path)) == 1
+
+
+def test_loading_a_corrupt_artifact_names_it_and_says_to_rerun_preprocess(tmp_path):
+    from kubefusion.preprocess.runtime import Preprocessor
+
+    folder = _fake_artifact(tmp_path / "k")
+    artifact.write_pointer(tmp_path, "k")
+    (folder / "preprocess.onnx").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError) as caught:
+        Preprocessor.load(tmp_path, content_key="k")
+    message = str(caught.value)
+    assert message.startswith(f"{folder}: corrupt preprocessing artifact")
+    assert "preprocess.onnx: sha256 differs" in message and "rerun `kubefusion preprocess`" in message
 
 
 def test_stale_temporary_folders_are_cleaned_fresh_ones_kept(tmp_path):
