@@ -190,8 +190,11 @@ class OperatorProcess:
         """Return once a reconciliation has finished after a whole resync period from now: every job has been
         reconciled again since the call, so a negative check ("nothing changed") afterwards means something."""
         time.sleep(self.resync_seconds)
-        seen = self.reconciliations()
-        wait_for(lambda: self.reconciliations() > seen, timeout, 'a reconciliation after a resync period')
+        self.wait_reconciled_since(self.reconciliations(), timeout)
+
+    def wait_reconciled_since(self, seen: float, timeout: float = 20) -> None:
+        """Wait until a reconciliation or status mirroring has finished since the count was ``seen``."""
+        wait_for(lambda: self.reconciliations() > seen, timeout, f'a reconciliation after the {seen:.0f}th')
 
     def metrics(self) -> dict[str, float]:
         """The scraped samples, by their full name with labels: ``name{label="value"}``."""

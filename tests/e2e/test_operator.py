@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +65,9 @@ def test_job_lifecycle_children_status_events_and_metrics(cluster: Cluster, oper
     assert condition(done, 'Running')['status'] == 'False'
 
     # ttlSecondsAfterFinished: Kubeflow deletes the PyTorchJob. The job stays Succeeded, nothing is re-created.
+    seen = operator.reconciliations()
     cluster.custom.delete_namespaced_custom_object('kubeflow.org', 'v1', NAMESPACE, 'pytorchjobs', 'products')
-    time.sleep(4)  # longer than a resync period
+    operator.wait_reconciled_since(seen)  # the deletion was mirrored
     assert cluster.phase('products') == 'Succeeded' and cluster.pytorchjobs() == []
 
     reasons = {e.reason for e in cluster.events('products')}
@@ -78,6 +78,10 @@ def test_job_lifecycle_children_status_events_and_metrics(cluster: Cluster, oper
     assert metrics['kubefusion_operator_jobs{phase="Succeeded"}'] == 1
     assert metrics['kubefusion_operator_jobs{phase="Running"}'] == 0
     assert metrics['kubefusion_operator_reconcile_duration_seconds_count'] >= 1
+    # A finished job is not resynced; a restart reconciles it once more (resume), and creates nothing.
+    operator.restart()
+    operator.wait_reconciled_since(0)
+    assert cluster.phase('products') == 'Succeeded' and cluster.pytorchjobs() == []
 
 
 def test_failed_pytorchjob_fails_the_job_with_kubeflows_reason(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -87,8 +91,9 @@ def test_failed_pytorchjob_fails_the_job_with_kubeflows_reason(cluster: Cluster,
     failed = cluster.wait_phase('broken', 'Failed')
     assert failed['status']['reason'] == 'PyTorchJobFailed'
     assert 'broken is failed' in failed['status']['message']
+    seen = operator.reconciliations()
     cluster.kubeflow_reports('broken', 'Created', 'Running')  # a late, stale report never revives it
-    time.sleep(1)
+    operator.wait_reconciled_since(seen)
     assert cluster.phase('broken') == 'Failed'
     assert any(e.type == 'Warning' and e.reason == 'Failed' for e in cluster.events('broken'))
 
@@ -110,7 +115,7 @@ def test_suspend_propagates_both_ways(cluster: Cluster, operator: OperatorProces
     cluster.kubeflow_reports('held', 'Created', 'Running', 'Suspended')
     suspended = cluster.wait_phase('held', 'Suspended')
     assert suspended['status']['reason'] == 'PyTorchJobSuspended'
-    time.sleep(4)  # a resync period: still suspended, as Kueue wants
+    operator.wait_resync()  # still suspended, as Kueue wants
     assert cluster.pytorchjob('held')['spec']['runPolicy']['suspend'] is True
 
     # A mutable limit changes without touching Kueue's suspend.
@@ -147,7 +152,8 @@ def test_restart_mid_flight_adopts_without_duplicates(cluster: Cluster, operator
     adopted = wait_for(lambda: cluster.core.read_namespaced_config_map('other-config', NAMESPACE).metadata
                        .owner_references, what='adoption')
     assert adopted[0].uid == other['metadata']['uid']
-    assert 'job.yaml' in cluster.core.read_namespaced_config_map('other-config', NAMESPACE).data
+    wait_for(lambda: 'job.yaml' in (cluster.core.read_namespaced_config_map('other-config', NAMESPACE).data or {}),
+             what='the adopted ConfigMap to be filled')  # adoption and the data patch are two writes
     wait_for(lambda: len(cluster.pytorchjobs()) == 2, what='the other PyTorchJob')
     assert cluster.pytorchjob('long')['metadata']['uid'] == first['metadata']['uid']
     assert sorted(cm.metadata.name for cm in cluster.configmaps()) == ['long-config', 'other-config']
@@ -204,7 +210,7 @@ def test_job_without_image_runs_the_operators_default_and_keeps_it(cluster: Clus
         body['metadata']['name'] = 'later'
         cluster.create_job(body)
         assert images(children(cluster, 'later')[0]) == {'registry.example.com/ml/kubefusion-trainer:2027.1.0'}
-        time.sleep(3.5)  # a resync period: the first job was reconciled with the new default in place
+        operator.wait_resync()  # the first job was reconciled with the new default in place
         assert images(cluster.pytorchjob('imageless')) == {TRAINER_DEFAULT}
         assert condition(cluster.job('imageless'), 'SpecValid').get('status') == 'True'
         configmap = cluster.core.read_namespaced_config_map('imageless-config', NAMESPACE)
@@ -237,7 +243,7 @@ def test_immutable_change_is_refused_and_reverting_clears_it(cluster: Cluster, o
     wait_for(lambda: any(e.reason == 'ImmutableFieldChanged' for e in cluster.events('fixed')), what='event')
     cluster.kubeflow_reports('fixed', 'Created', 'Running')  # news from Kubeflow do not hide the refusal
     cluster.wait_phase('fixed', 'Running')
-    time.sleep(1)
+    operator.wait_resync()
     assert condition(cluster.job('fixed'), 'SpecValid')['reason'] == 'ImmutableFieldChanged'
     cluster.patch_job('fixed', {'spec': {'resources': {'nodes': 2}}})
     wait_for(lambda: condition(cluster.job('fixed'), 'SpecValid').get('status') == 'True', what='SpecValid=True')
@@ -286,7 +292,7 @@ def test_hundred_jobs_make_exactly_hundred_pytorchjobs(cluster: Cluster, operato
     wait_for(lambda: len(cluster.pytorchjobs()) == 100, timeout=120, what='100 PyTorchJobs')
     wait_for(lambda: all((j.get('status') or {}).get('pytorchJob') for j in cluster.custom.list_namespaced_custom_object(
         'kubefusion.io', 'v1alpha1', NAMESPACE, 'multimodaltrainjobs')['items']), timeout=60, what='100 statuses')
-    time.sleep(3)  # a resync period later: still exactly 100 of each
+    operator.wait_resync()  # still exactly 100 of each
     names = sorted(p['metadata']['name'] for p in cluster.pytorchjobs())
     assert names == [f'job-{i:03d}' for i in range(100)]
     assert len(cluster.configmaps()) == 100
@@ -363,7 +369,7 @@ def test_namespaced_operator_leaves_other_namespaces_alone(cluster: Cluster, kub
         cluster.create_job(job_body('mine'))
         cluster.create_job(job_body('theirs'), namespace='elsewhere')
         wait_for(lambda: cluster.pytorchjob('mine'), what='the watched namespace to be served')
-        time.sleep(1)
+        operator.wait_resync()
         assert cluster.pytorchjobs('elsewhere') == [] and 'status' not in cluster.job('theirs', 'elsewhere')
     finally:
         operator.stop()
@@ -427,10 +433,12 @@ def test_pytorchjob_finished_and_deleted_while_the_operator_was_away_is_not_trai
     lost = cluster.wait_phase('gone', 'Failed')
     assert lost['status']['reason'] == 'PyTorchJobLost'
     assert 'delete this MultimodalTrainJob and create it again' in lost['status']['message']
-    operator.wait_resync()
+    failures = operator.metrics()
+    operator.restart()  # finished jobs are not resynced; a restart reconciles every job once more
+    operator.wait_reconciled_since(0)
     assert cluster.pytorchjobs() == [] and cluster.phase('gone') == 'Failed'
-    assert operator.metrics()['kubefusion_operator_job_failures_total{job_name="gone",namespace="ml-team",'
-                              'reason="PyTorchJobLost"}'] == 1
+    assert failures['kubefusion_operator_job_failures_total{job_name="gone",namespace="ml-team",'
+                    'reason="PyTorchJobLost"}'] == 1
 
 
 def test_deleted_pytorchjob_keeps_the_outcome_its_last_state_reported(cluster: Cluster,
@@ -446,7 +454,8 @@ def test_deleted_pytorchjob_keeps_the_outcome_its_last_state_reported(cluster: C
                                                   {'metadata': {'finalizers': None}})
     done = cluster.wait_phase('quick', 'Succeeded')
     assert done['status']['reason'] == 'PyTorchJobSucceeded'
-    operator.wait_resync()
+    operator.restart()
+    operator.wait_reconciled_since(0)
     assert cluster.phase('quick') == 'Succeeded' and cluster.pytorchjobs() == []
 
 
@@ -463,3 +472,32 @@ def test_unrelated_configmap_of_the_childs_name_is_left_alone(cluster: Cluster, 
     assert configmap.data == {'keep': 'me'} and not configmap.metadata.owner_references
     assert cluster.pytorchjobs() == []
     assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="ChildConflict"}'] >= 1
+
+
+def test_running_jobs_configmap_is_never_rewritten(cluster: Cluster, operator: OperatorProcess) -> None:
+    # An operator upgrade that renders job.yaml differently must not change what a restarting pod reads: what
+    # was written when the PyTorchJob was made stays (here: the rendering of an "older operator").
+    cluster.create_job(job_body('steady'))
+    _, configmap = children(cluster, 'steady')
+    older = configmap.data['job.yaml'].replace('products', 'products-as-an-older-operator-wrote-it')
+    cluster.core.patch_namespaced_config_map('steady-config', NAMESPACE, {'data': {'job.yaml': older}})
+    cluster.kubeflow_reports('steady', 'Created', 'Running')
+    cluster.wait_phase('steady', 'Running')
+    operator.wait_resync()
+    assert cluster.core.read_namespaced_config_map('steady-config', NAMESPACE).data['job.yaml'] == older
+
+
+def test_forbidden_child_is_retried_not_reported_as_a_bad_spec(cluster: Cluster, operator: OperatorProcess) -> None:
+    emulator = cluster.api.emulator
+    assert emulator is not None
+    quota = {'apiVersion': 'v1', 'kind': 'Status', 'status': 'Failure', 'code': 403, 'reason': 'Forbidden',
+             'message': 'pytorchjobs.kubeflow.org "quota" is forbidden: exceeded quota: ml-team-jobs'}
+    emulator['post', emulator.resource('kubeflow.org', 'v1', 'pytorchjobs')][:2] << 403 << quota
+    cluster.create_job(job_body('capped'))
+    forbidden = wait_for(lambda: (c := condition(cluster.job('capped'), 'ChildrenReady')).get('reason')
+                         == 'ChildCreationForbidden' and c, what='ChildCreationForbidden')
+    assert forbidden['status'] == 'False' and 'exceeded quota' in forbidden['message']
+    assert condition(cluster.job('capped'), 'SpecValid').get('status') != 'False'
+    wait_for(lambda: cluster.pytorchjob('capped'), timeout=30, what='the PyTorchJob once the quota allows it')
+    wait_for(lambda: condition(cluster.job('capped'), 'ChildrenReady').get('status') == 'True', what='ChildrenReady')
+    assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="ChildCreationForbidden"}'] >= 1

@@ -180,6 +180,9 @@ class Reason:
     CHILDREN_READY = "ChildrenReady"
     WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"
     """A child of the same name still belongs to an earlier job of this name (being garbage-collected)."""
+    CHILD_CREATION_FORBIDDEN = "ChildCreationForbidden"
+    """The API answered 403 to a child's create or update (a full ResourceQuota, a missing permission): retried
+    with back-off, as it can be fixed without changing the job."""
     CHILD_CONFLICT = "ChildConflict"
     """An object of the child's name exists and is not this job's to adopt (another owner, or not labelled
     for this job)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import random
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -102,7 +103,19 @@ def reconcile(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> 
         _reconcile(_plain(body), retry=retry, logger=logger)
 
 
-@kopf.timer(*MTJ, interval=OPTIONS.resync_seconds, initial_delay=OPTIONS.resync_seconds, idle=0)
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    """Finished jobs need no resync: their phase is final and nothing is created for them again."""
+    phase = phase_of(dict(status))
+    return phase is None or not phase.is_terminal
+
+
+def _spread_first_resync(**_: Any) -> float:
+    """The first resync of each job at a random point of the period, so that a restarted operator with many
+    jobs (all resumed at once) does not reconcile them all in the same second every period after."""
+    return OPTIONS.resync_seconds * random.uniform(0.5, 1.5)
+
+
+@kopf.timer(*MTJ, interval=OPTIONS.resync_seconds, initial_delay=_spread_first_resync, idle=0, when=_unfinished)
 def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
     """The level-based safety net: the same reconciliation, periodically, whatever events were missed."""
     with metrics.reconciling():
@@ -145,7 +158,10 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
                         f"delete the job and create it again", pytorchjob)
 
         created = []
-        if _ensure_configmap(job, spec):
+        # A job whose PyTorchJob exists runs from the ConfigMap as first written: rendered from the applied spec
+        # and never rewritten (an operator upgrade that renders job.yaml differently must not change what a
+        # running or restarting pod reads).
+        if _ensure_configmap(job, applied if applied is not None else spec, keep_data=pytorchjob is not None):
             created.append(f"ConfigMap {api.config_map_name(name)}")
         pytorchjob, made = _ensure_pytorchjob(job, spec, pytorchjob, retry=retry)
         if made:
@@ -156,6 +172,11 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
     except kube.API_FAILURES as e:
+        if isinstance(e, ApiException) and e.status == 403:
+            # Forbidden is no fault of the spec: a ResourceQuota is full or the operator lacks a permission.
+            # Either can be fixed without touching the job, so keep trying, with back-off.
+            _hold(job, Reason.CHILD_CREATION_FORBIDDEN, f"{kube.describe(e)}; retrying with back-off",
+                  delay=OPTIONS.backend_retry_delay(retry))
         outcome = _fail(kube.error_reason(e), kube.retryable(e, delay=5))
         if isinstance(outcome, kopf.PermanentError):
             # The API will never accept what the spec makes (a webhook or schema says no): tell the user.
@@ -317,9 +338,9 @@ def _claim(child: dict[str, Any], job: dict[str, Any], kind: str,
     return patch(meta["namespace"], child_meta["name"], {"metadata": {"ownerReferences": adopted}})
 
 
-def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any]) -> bool:
-    """Create the ConfigMap from ``spec`` (the job's, image resolved), or adopt and update it. True when it was
-    created."""
+def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: bool) -> bool:
+    """Create the ConfigMap from ``spec`` (image resolved), or adopt and update it (its data only when not
+    ``keep_data``). True when it was created."""
     desired = build_configmap(spec, job["metadata"])
     namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     existing = _read_or_none(kube.get_configmap, namespace, name)
@@ -334,9 +355,13 @@ def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any]) -> bool:
             existing = kube.get_configmap(namespace, name)  # created meanwhile (another run): adopt it
     existing = _claim(existing, job, "ConfigMap", kube.patch_configmap)
     labels = existing["metadata"].get("labels") or {}
-    if existing.get("data") != desired["data"] or any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
-        kube.patch_configmap(namespace, name, {"metadata": {"labels": desired["metadata"]["labels"]},
-                                               "data": desired["data"]})
+    patch: dict[str, Any] = {}
+    if any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        patch["metadata"] = {"labels": desired["metadata"]["labels"]}
+    if not keep_data and existing.get("data") != desired["data"]:
+        patch["data"] = desired["data"]
+    if patch:
+        kube.patch_configmap(namespace, name, patch)
     return False
 
 

@@ -145,7 +145,7 @@ def retryable(error: BaseException, *, delay: float) -> kopf.TemporaryError | ko
     """What kopf should do about an API failure: retry conflicts, throttling, server errors and network
     failures later; give up on requests the server will never accept (400, 403, 422...)."""
     if isinstance(error, ApiException):
-        message = f"Kubernetes API answered {error.status} {error.reason}: {_message(error)}"
+        message = describe(error)
         if error.status in (409, 429) or error.status >= 500:
             return kopf.TemporaryError(message, delay=delay)
         return kopf.PermanentError(message)
@@ -154,6 +154,11 @@ def retryable(error: BaseException, *, delay: float) -> kopf.TemporaryError | ko
 
 API_FAILURES = (ApiException, urllib3.exceptions.HTTPError, OSError)
 """What a call can raise besides :class:`NotFound`: an API error status, a timeout, a refused connection."""
+
+
+def describe(error: ApiException) -> str:
+    """One line for conditions and logs: status code, reason and the server's message."""
+    return f"Kubernetes API answered {error.status} {error.reason}: {_message(error)}"
 
 
 def _message(error: ApiException) -> str:
