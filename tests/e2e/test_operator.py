@@ -96,6 +96,9 @@ def test_failed_pytorchjob_fails_the_job_with_kubeflows_reason(cluster: Cluster,
     operator.wait_reconciled_since(seen)
     assert cluster.phase('broken') == 'Failed'
     assert any(e.type == 'Warning' and e.reason == 'Failed' for e in cluster.events('broken'))
+    failures = {k: v for k, v in operator.metrics().items() if k.startswith('kubefusion_operator_job_failures_total')}
+    assert failures == {'kubefusion_operator_job_failures_total{job_name="broken",namespace="ml-team",'
+                        'reason="PyTorchJobFailed"}': 1}  # once, however often the Failed job is seen again
 
 
 @pytest.mark.slow
