@@ -24,15 +24,22 @@ MTJ = ('kubefusion.io', 'v1alpha1', 'multimodaltrainjobs')
 PYTORCHJOB = ('kubeflow.org', 'v1', 'pytorchjobs')
 NAMESPACE = 'ml-team'
 
-PYTORCHJOB_CRD = {
-    # Kubeflow training operator's CRD as far as the API server is concerned: scope, names, /status.
-    'apiVersion': 'apiextensions.k8s.io/v1', 'kind': 'CustomResourceDefinition',
-    'metadata': {'name': 'pytorchjobs.kubeflow.org'},
-    'spec': {'group': 'kubeflow.org', 'scope': 'Namespaced',
-             'names': {'kind': 'PyTorchJob', 'plural': 'pytorchjobs', 'singular': 'pytorchjob', 'listKind': 'PyTorchJobList'},
-             'versions': [{'name': 'v1', 'served': True, 'storage': True, 'subresources': {'status': {}},
-                           'schema': {'openAPIV3Schema': {'type': 'object', 'x-kubernetes-preserve-unknown-fields': True}}}]},
-}
+def crd(group: str, version: str, kind: str, plural: str) -> dict[str, Any]:
+    """A CRD as far as the API server is concerned (scope, names, /status), for another project's kind."""
+    return {
+        'apiVersion': 'apiextensions.k8s.io/v1', 'kind': 'CustomResourceDefinition',
+        'metadata': {'name': f'{plural}.{group}'},
+        'spec': {'group': group, 'scope': 'Namespaced',
+                 'names': {'kind': kind, 'plural': plural, 'singular': kind.lower(), 'listKind': f'{kind}List'},
+                 'versions': [{'name': version, 'served': True, 'storage': True, 'subresources': {'status': {}},
+                               'schema': {'openAPIV3Schema': {'type': 'object',
+                                                              'x-kubernetes-preserve-unknown-fields': True}}}]},
+    }
+
+
+PYTORCHJOB_CRD = crd('kubeflow.org', 'v1', 'PyTorchJob', 'pytorchjobs')  # Kubeflow's training operator
+KUEUE_WORKLOAD_CRD = crd('kueue.x-k8s.io', 'v1beta1', 'Workload', 'workloads')
+WORKLOAD = ('kueue.x-k8s.io', 'v1beta1', 'workloads')
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = 'condition') -> Any:
@@ -78,6 +85,26 @@ class Cluster:
 
     def install_kubeflow(self) -> None:
         self.crds.create_custom_resource_definition(PYTORCHJOB_CRD)
+
+    def install_kueue(self) -> None:
+        self.crds.create_custom_resource_definition(KUEUE_WORKLOAD_CRD)
+
+    def kueue_admits(self, pytorchjob: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+        """What Kueue does for a queued job: a Workload owned by the PyTorchJob (active unless said otherwise),
+        admitted, and the PyTorchJob un-suspended."""
+        meta = pytorchjob['metadata']
+        workload = self.custom.create_namespaced_custom_object(*WORKLOAD[:2], namespace, WORKLOAD[2], {
+            'apiVersion': 'kueue.x-k8s.io/v1beta1', 'kind': 'Workload',
+            'metadata': {'name': f"pytorchjob-{meta['name']}-0a1b2", 'ownerReferences': [
+                {'apiVersion': 'kubeflow.org/v1', 'kind': 'PyTorchJob', 'name': meta['name'], 'uid': meta['uid'],
+                 'controller': True, 'blockOwnerDeletion': True}]},
+            'spec': {'queueName': meta['labels']['kueue.x-k8s.io/queue-name'], 'podSets': []}})
+        self.custom.patch_namespaced_custom_object(*PYTORCHJOB[:2], namespace, PYTORCHJOB[2], meta['name'],
+                                                   {'spec': {'runPolicy': {'suspend': False}}})
+        return workload
+
+    def workload(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(*WORKLOAD[:2], namespace, WORKLOAD[2], name)
 
     def create_namespace(self, name: str) -> None:
         self.core.create_namespace({'metadata': {'name': name}})

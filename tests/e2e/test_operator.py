@@ -504,3 +504,22 @@ def test_forbidden_child_is_retried_not_reported_as_a_bad_spec(cluster: Cluster,
     wait_for(lambda: cluster.pytorchjob('capped'), timeout=30, what='the PyTorchJob once the quota allows it')
     wait_for(lambda: condition(cluster.job('capped'), 'ChildrenReady').get('status') == 'True', what='ChildrenReady')
     assert operator.metrics()['kubefusion_operator_reconcile_errors_total{reason="ChildCreationForbidden"}'] >= 1
+
+
+@pytest.mark.slow
+def test_suspending_a_queued_job_deactivates_its_kueue_workload(cluster: Cluster, operator: OperatorProcess) -> None:
+    # Kueue un-suspends any job whose Workload is admitted: suspend must go through Workload.spec.active.
+    cluster.install_kueue()
+    cluster.create_job(job_body('queued', scheduling={'queue': 'team-a'}))
+    pytorchjob, _ = children(cluster, 'queued')
+    workload = cluster.kueue_admits(pytorchjob)['metadata']['name']
+
+    cluster.patch_job('queued', {'spec': {'runPolicy': {'suspend': True}}})
+    wait_for(lambda: cluster.workload(workload)['spec'].get('active') is False, what='the Workload deactivated')
+    assert cluster.pytorchjob('queued')['spec']['runPolicy']['suspend'] is True
+    # Kueue would admit an active Workload again: it stays inactive across resyncs.
+    operator.wait_resync()
+    assert cluster.workload(workload)['spec']['active'] is False
+
+    cluster.patch_job('queued', {'spec': {'runPolicy': {'suspend': False}}})
+    wait_for(lambda: cluster.workload(workload)['spec'].get('active') is True, what='the Workload back in the queue')

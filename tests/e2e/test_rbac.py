@@ -60,6 +60,13 @@ def test_operator_does_everything_within_its_cluster_role_and_uses_all_of_it(
         wait_for(lambda: cluster.core.read_namespaced_config_map('late-config', 'ml-team').metadata.owner_references,
                  what='adoption')
         wait_for(lambda: any(e.reason == 'Created' for e in cluster.events('early')), what='an Event')
+        # A queued job suspended: its Kueue Workload is found (list) and deactivated (patch).
+        cluster.install_kueue()
+        cluster.create_job(job_body('queued', scheduling={'queue': 'team-a'}))
+        workload = cluster.kueue_admits(wait_for(lambda: cluster.pytorchjob('queued'), what='queued PyTorchJob'))
+        cluster.patch_job('queued', {'spec': {'runPolicy': {'suspend': True}}})
+        wait_for(lambda: cluster.workload(workload['metadata']['name'])['spec'].get('active') is False,
+                 what='the Workload deactivated')
     finally:
         operator.stop()
 

@@ -65,6 +65,10 @@ COMPONENT_TRAINING = "training"
 COMPONENT_CONFIG = "job-config"
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP = "kueue.x-k8s.io"
+KUEUE_VERSION = "v1beta1"
+KUEUE_WORKLOADS = "workloads"
+"""Kueue's Workload: one per queued job, owned by it; ``spec.active: false`` keeps the job out (suspended)."""
 """Kueue admits a PyTorchJob carrying this label through the named LocalQueue."""
 
 # --------------------------------------------------------------------------- inside the pods

@@ -166,6 +166,7 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         pytorchjob, made = _ensure_pytorchjob(job, spec, pytorchjob, retry=retry)
         if made:
             created.append(f"{api.PYTORCHJOB_KIND} {name}")
+        _ensure_workload_active(spec, pytorchjob)
         fresh = _fresh(pytorchjob, job)
         _write_status(namespace, name, lambda current: _status(current, fresh, applied=meta.get("generation") or 1))
         if created:
@@ -395,6 +396,20 @@ def _ensure_pytorchjob(job: dict[str, Any], spec: dict[str, Any], existing: dict
         del patch["spec"]["runPolicy"]["suspend"]
     patch["metadata"] = {"annotations": {APPLIED_SPEC: applied}}
     return kube.patch_pytorchjob(meta["namespace"], meta["name"], patch), False
+
+
+def _ensure_workload_active(spec: dict[str, Any], pytorchjob: dict[str, Any]) -> None:
+    """With a Kueue queue, ``runPolicy.suspend`` also goes through the job's Workload: Kueue un-suspends any job
+    whose Workload is admitted, so a suspended PyTorchJob alone would be started again. ``spec.active: false``
+    makes Kueue evict it and keep it suspended; ``true`` puts it back in the queue. Level-based: a Workload that
+    Kueue creates after the user suspended the job is deactivated at the next reconcile."""
+    if not (spec.get("scheduling") or {}).get("queue"):
+        return
+    active = not (spec.get("runPolicy") or {}).get("suspend", False)
+    meta = pytorchjob["metadata"]
+    for workload in kube.workloads_owned_by(meta["namespace"], meta["uid"]):
+        if (workload.get("spec") or {}).get("active", True) != active:
+            kube.patch_workload(meta["namespace"], workload["metadata"]["name"], {"spec": {"active": active}})
 
 
 # ------------------------------------------------------------------------------------------- status

@@ -110,6 +110,24 @@ def patch_pytorchjob(namespace: str, name: str, patch: dict[str, Any]) -> dict[s
         _request_timeout=REQUEST_TIMEOUT)
 
 
+def workloads_owned_by(namespace: str, owner_uid: str) -> list[dict[str, Any]]:
+    """Kueue's Workloads in ``namespace`` whose owner has ``owner_uid``; none when Kueue is not installed."""
+    try:
+        listed = custom().list_namespaced_custom_object(api.KUEUE_GROUP, api.KUEUE_VERSION, namespace,
+                                                        api.KUEUE_WORKLOADS, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as e:
+        if e.status == 404:
+            return []
+        raise
+    return [item for item in listed.get("items") or []
+            if any(ref.get("uid") == owner_uid for ref in item["metadata"].get("ownerReferences") or [])]
+
+
+def patch_workload(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    return custom().patch_namespaced_custom_object(api.KUEUE_GROUP, api.KUEUE_VERSION, namespace,
+                                                   api.KUEUE_WORKLOADS, name, patch, _request_timeout=REQUEST_TIMEOUT)
+
+
 def get_configmap(namespace: str, name: str) -> dict[str, Any]:
     try:
         found = core().read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
