@@ -70,6 +70,9 @@ just applied, recorded as ``observedGeneration``; ``None`` (a mere PyTorchJob ev
                       message=f"{api.PYTORCHJOB_KIND} not created yet")
         return _ordered(status)
 
+    # A mere PyTorchJob event stamps mirrored conditions with the generation last applied, as a reconcile would
+    # (else the next resync rewrites them only to add it).
+    observed = status.get("observedGeneration")
     child_status = pytorchjob.get("status") or {}
     child_name = (pytorchjob.get("metadata") or {}).get("name", status.get("pytorchJob"))
     conditions = list(status.get("conditions") or [])
@@ -81,7 +84,7 @@ just applied, recorded as ``observedGeneration``; ``None`` (a mere PyTorchJob ev
         conditions = api.set_condition(
             conditions, condition["type"], condition.get("status", api.CONDITION_UNKNOWN),
             condition.get("reason") or condition["type"], condition.get("message") or "",
-            condition.get("lastTransitionTime") or now, observed_generation=generation,
+            condition.get("lastTransitionTime") or now, observed_generation=observed,
         )
     for type_ in api.MIRRORED_CONDITION_TYPES:
         # Kubeflow drops a condition as well as setting it False (Running goes when Restarting comes): a copy it
@@ -89,7 +92,7 @@ just applied, recorded as ``observedGeneration``; ``None`` (a mere PyTorchJob ev
         if type_ not in reported and api.is_condition_true(conditions, type_):
             conditions = api.set_condition(conditions, type_, False, Reason.CONDITION_CLEARED,
                                            f"{api.PYTORCHJOB_KIND} {child_name} no longer reports {type_}", now,
-                                           observed_generation=generation)
+                                           observed_generation=observed)
     status["conditions"] = conditions
     status["pytorchJob"] = child_name
 

@@ -168,6 +168,8 @@ def test_a_pytorchjob_event_does_not_claim_a_generation_it_did_not_apply():
     applied = status_from_pytorchjob(child(CREATED), {}, generation=1, now=NOW)
     mirrored = status_from_pytorchjob(child(CREATED, RUNNING), applied, generation=None, now=NOW)
     assert mirrored["observedGeneration"] == 1
+    # Stamped with the generation last applied, so the next reconcile has nothing to rewrite.
+    assert {c["type"]: c["observedGeneration"] for c in mirrored["conditions"]} == {"Created": 1, "Running": 1}
     assert status_from_pytorchjob(child(CREATED, RUNNING), {}, generation=None, now=NOW).get("observedGeneration") is None
 
 
