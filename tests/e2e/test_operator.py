@@ -488,6 +488,12 @@ def test_running_jobs_configmap_is_never_rewritten(cluster: Cluster, operator: O
     cluster.wait_phase('steady', 'Running')
     operator.wait_resync()
     assert cluster.core.read_namespaced_config_map('steady-config', NAMESPACE).data['job.yaml'] == older
+    # A steady job is not written by resyncs at all (no status churn).
+    before = (cluster.job('steady')['metadata']['resourceVersion'],
+              cluster.pytorchjob('steady')['metadata']['resourceVersion'])
+    operator.wait_resync()
+    assert (cluster.job('steady')['metadata']['resourceVersion'],
+            cluster.pytorchjob('steady')['metadata']['resourceVersion']) == before
 
 
 def test_forbidden_child_is_retried_not_reported_as_a_bad_spec(cluster: Cluster, operator: OperatorProcess) -> None:
