@@ -134,7 +134,10 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
         if pytorchjob is not None:
             pytorchjob = _claim(pytorchjob, job, api.PYTORCHJOB_KIND, kube.patch_pytorchjob)
-        status = job.get("status") or {}
+        # Without a PyTorchJob, whether one was ever made is read from the job as it is now: the body this
+        # handler got may predate the status write that recorded it.
+        latest = (_read_or_none(kube.get_job, namespace, name) or job) if pytorchjob is None else job
+        status = latest.get("status") or {}
         if pytorchjob is None and (status.get("pytorchJob") or phase_of(status) in (Phase.SUCCEEDED, Phase.FAILED)):
             # Finished and removed (ttlSecondsAfterFinished), or lost before the end: never train again. A
             # PyTorchJob once created for this job is not made a second time (it may have succeeded unseen).
