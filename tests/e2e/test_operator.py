@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,11 @@ def test_job_lifecycle_children_status_events_and_metrics(cluster: Cluster, oper
     assert metrics['kubefusion_operator_jobs{phase="Succeeded"}'] == 1
     assert metrics['kubefusion_operator_jobs{phase="Running"}'] == 0
     assert metrics['kubefusion_operator_reconcile_duration_seconds_count'] >= 1
-    # A finished job is not resynced; a restart reconciles it once more (resume), and creates nothing.
+    # A finished job is not resynced: two resync periods pass without a reconciliation.
+    seen = operator.reconciliations()
+    time.sleep(2 * operator.resync_seconds)  # waiting for something that must not happen
+    assert operator.reconciliations() == seen
+    # A restart reconciles it once more (resume), and creates nothing.
     operator.restart()
     operator.wait_reconciled_since(0)
     assert cluster.phase('products') == 'Succeeded' and cluster.pytorchjobs() == []
