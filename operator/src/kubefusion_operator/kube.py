@@ -161,7 +161,8 @@ def error_reason(error: BaseException) -> str:
 
 def retryable(error: BaseException, *, delay: float) -> kopf.TemporaryError | kopf.PermanentError:
     """What kopf should do about an API failure: retry conflicts, throttling, server errors and network
-    failures later; give up on requests the server will never accept (400, 403, 422...)."""
+    failures later; give up on requests the server will never accept (400, 422...). A 403 (quota, RBAC) can be
+    fixed without changing the job: the reconcile handler retries it itself before asking here."""
     if isinstance(error, ApiException):
         message = describe(error)
         if error.status in (409, 429) or error.status >= 500:
