@@ -184,17 +184,18 @@ def fingerprint_cache_path(artifacts: Path, data_root: str | Path) -> Path:
     return Path(artifacts) / FINGERPRINT_CACHE_DIR / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.json"
 
 
-def read_digest_cache(path: Path) -> dict[str, tuple[int, int, str]]:
-    """{relative path: (size, mtime_ns, sha256)}; empty (logged at debug level) when missing or unreadable."""
+def read_digest_cache(path: Path) -> dict[str, list]:
+    """{relative path: [size, mtime_ns, sha256]}; empty (logged at debug level) when missing or unreadable.
+    The parsed lists are used as they are: for a million files a copy would add hundreds of MB."""
     try:
         doc = json.loads(path.read_bytes())
         if doc.get("version") != DIGEST_CACHE_VERSION:
             raise ValueError(f"version {doc.get('version')!r}")
-        known = {}
-        for rel, (size, mtime_ns, sha) in doc["files"].items():
-            if not (type(size) is int and type(mtime_ns) is int and isinstance(sha, str) and len(sha) == 64):
+        known = doc["files"]
+        for rel, entry in known.items():
+            if not (type(entry) is list and len(entry) == 3 and type(entry[0]) is int and type(entry[1]) is int
+                    and isinstance(entry[2], str) and len(entry[2]) == 64):
                 raise ValueError(f"bad entry for {rel!r}")
-            known[rel] = (size, mtime_ns, sha)
         return known
     except FileNotFoundError:
         return {}
@@ -203,23 +204,22 @@ def read_digest_cache(path: Path) -> dict[str, tuple[int, int, str]]:
         return {}
 
 
-def _cached_digest(known: dict[str, tuple[int, int, str]], rel: str, size: int, mtime_ns: int | None) -> str | None:
+def _cached_digest(known: dict[str, list], rel: str, size: int, mtime_ns: int | None) -> str | None:
     if mtime_ns is None:
         return None
     entry = known.get(rel)
-    return entry[2] if entry is not None and entry[:2] == (size, mtime_ns) else None
+    return entry[2] if entry is not None and entry[0] == size and entry[1] == mtime_ns else None
 
 
-def write_digest_cache(path: Path, entries: list[FileDigest], known: dict[str, tuple[int, int, str]],
-                       started_ns: int) -> None:
+def write_digest_cache(path: Path, entries: list[FileDigest], known: dict[str, list], started_ns: int) -> None:
     """Replace the cache with this run's settled files. Best effort: a read-only ARTIFACTS folder only costs
     the next run its reads."""
     settled_before = started_ns - RACY_SECONDS * 1_000_000_000
-    files = {e.rel: (e.size, e.mtime_ns, e.sha256) for e in entries
+    files = {e.rel: [e.size, e.mtime_ns, e.sha256] for e in entries
              if e.mtime_ns is not None and e.mtime_ns < settled_before}
     if files == known:
         return  # nothing new: a warm run does not rewrite a file of a million entries
-    doc = {"version": DIGEST_CACHE_VERSION, "files": {rel: list(v) for rel, v in files.items()}}
+    doc = {"version": DIGEST_CACHE_VERSION, "files": files}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f"{TEMP_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
@@ -243,7 +243,7 @@ def _is_uri(path: str | Path) -> bool:
     return is_uri(path)
 
 
-def _uri_file_digests(root: str, counted: Callable[[str], bool], known: dict[str, tuple[int, int, str]], *,
+def _uri_file_digests(root: str, counted: Callable[[str], bool], known: dict[str, list], *,
                       stat: bool) -> list[FileDigest]:
     """Every counted file below the URI ``root``, read through tf.io.gfile. With ``stat``, each file's size and
     modification time are asked first (one round trip, not a read), so a cached digest can stand."""
