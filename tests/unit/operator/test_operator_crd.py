@@ -232,7 +232,6 @@ PROBES = [
     ("data.validationFraction", -0.1, False), ("data.testFraction", 0.3, True),
     ("data.onBadRecord", "skip", True), ("data.onBadRecord", "ignore", False),
     ("data.missingModality", "keep", True), ("data.missingModality", "fill", False),
-    ("data.shuffleBuffer", 1, True), ("data.shuffleBuffer", 0, False),
     ("data.path", "", False),
     ("preprocessing.imageSize", 8, True), ("preprocessing.imageSize", 1024, True),
     ("preprocessing.imageSize", 7, False), ("preprocessing.imageSize", 1025, False),

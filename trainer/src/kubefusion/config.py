@@ -80,8 +80,6 @@ class DataConfig:
     """``drop``: ids missing a modality are left out. ``keep``: kept, with a modality mask."""
     split_seed: int = 0
     """Seed of the stratified train/validation/test split (independent of the training seed)."""
-    shuffle_buffer: int = 10_000
-    """Records in the tf.data shuffle buffer (per rank)."""
     source: dict[str, Any] = field(default_factory=dict)
     """Where the data lives on a cluster (a volume source such as ``{persistentVolumeClaim: {claimName: x}}``);
     the trainer itself only reads ``path``."""
@@ -95,7 +93,6 @@ class DataConfig:
             _fail("spec.data", "validationFraction + testFraction must leave records for training")
         _one_of("spec.data.onBadRecord", self.on_bad_record, ("fail", "skip"))
         _one_of("spec.data.missingModality", self.missing_modality, ("drop", "keep"))
-        _positive("spec.data.shuffleBuffer", self.shuffle_buffer)
 
 
 # ------------------------------------------------------------------------------------------ preprocessing

@@ -79,7 +79,6 @@ SPEC_FIELDS: dict[str, Any] = {
         "onBadRecord": _str("fail", enum=("fail", "skip")),
         "missingModality": _str("drop", enum=("drop", "keep")),
         "splitSeed": _int(0),
-        "shuffleBuffer": _int(10_000, 1),
         "source": Field("object", {}),
     },
     "preprocessing": {
