@@ -60,6 +60,14 @@ def test_local_run_trains_fused_and_baselines_and_prints_the_table(tmp_path):
     assert (out / "results.md").read_text().startswith("# Results: tiny-local")
     assert (out / "model.pt").is_file() and len(list((out / "baselines").glob("*.pt"))) == 3
     assert list((out / "tensorboard" / "fused").glob("events.out.tfevents.*"))
+    # The run folder's status.json holds what a cluster job's status shows; the bars show the same numbers.
+    status = json.loads((out / "status.json").read_text())
+    assert status["results"]["fusedTestTop1"] == pytest.approx(results["fused"]["test"]["top1"], abs=1e-6)
+    assert status["results"]["model"] == str(out.resolve() / "model.pt")
+    assert status["progress"]["percent"] == 100.0 and status["summary"]["progress"] == "100%"
+    fused = status["metrics"]["validation"][0]
+    assert fused["stage"] == "fused" and fused["top1"] == pytest.approx(results["fused"]["validation"]["top1"])
+    assert f"val={status['summary']['valTop1']}" in done.stdout and "job=" in done.stdout
 
     from kubefusion.model import load_model_from_checkpoint
 

@@ -197,3 +197,84 @@ def test_a_rank_dying_mid_training_ends_the_run_promptly_with_one_error_line(set
     assert code != 0 and not (output / "model.pt").exists()
     assert ended_after < timeout / 2, f"the run took {ended_after:.0f} s to end after rank 1 died"
     assert out.reason() == "rank 1 was killed by SIGKILL", (tmp_path / "torchrun.log").read_text()[-3000:]
+
+
+class HangingEndpoint:
+    """Accepts connections and never answers: what a blackholed or wedged endpoint looks like to a client."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[float] = []
+        self.held: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(time.monotonic())
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_only_rank_0_reports_progress_and_a_hanging_endpoint_holds_up_nothing(setup, tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[float, str, dict]] = []
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((time.monotonic(), self.headers["User-Agent"], body))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    live = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=live.serve_forever, daemon=True).start()
+    hanging = HangingEndpoint()
+    env = {**child_env(), "KUBEFUSION_PROGRESS_URL": f"http://127.0.0.1:{live.server_port}/progress",
+           "KUBEFUSION_PROGRESS_INTERVAL_SECONDS": "0.2", "KUBEFUSION_PROGRESS_FINAL_TIMEOUT_SECONDS": "1",
+           # Kubeflow Trainer's status server, wedged: each attempt waits out its timeout on the sender thread.
+           "KUBEFLOW_TRAINER_SERVER_URL": f"http://127.0.0.1:{hanging.port}/status"}
+    output = tmp_path / "reported"
+    try:
+        done = subprocess.run(train_command(setup, output), env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        live.shutdown()
+        live.server_close()
+        hanging.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert received and {agent for _, agent, _ in received} == {"kubefusion-trainer rank/0"}
+    # While the wedged endpoint held its first request, training went on: the live endpoint saw steps advance.
+    first_hang = hanging.accepted[0]
+    during = [body["progress"]["step"] for at, _, body in received if first_hang <= at <= first_hang + 4]
+    assert len(set(during)) >= 2, (during, [b["progress"]["step"] for _, _, b in received])
+    assert "progress report to http://127.0.0.1:%d/status failed" % hanging.port in done.stderr
+
+    last = received[-1][2]
+    results = json.loads((output / "results.json").read_text())
+    assert last["progress"]["percent"] == 100.0 and last["progress"]["step"] == last["progress"]["steps"]
+    assert last["results"]["fusedTestTop1"] == pytest.approx(results["fused"]["test"]["top1"], abs=1e-6)
+    assert last["results"]["model"] == str(output / "model.pt")
+    assert last["checkpoint"]["stage"] == "fused" and last["metrics"]["validation"][0]["stage"] == "fused"
+    # The run folder holds the same report (what `kubefusion run --local` leaves behind).
+    status = json.loads((output / "status.json").read_text())
+    assert {k: v for k, v in status.items() if k != "progress"} == \
+        {k: v for k, v in last.items() if k not in ("progress", "schema")}

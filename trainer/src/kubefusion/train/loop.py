@@ -46,6 +46,7 @@ from kubefusion.train.distributed import (Runtime, all_reduce_sum, barrier, broa
 from kubefusion.train.evaluate import evaluate
 from kubefusion.train.optim import build_optimizer, build_scheduler, freeze_backbones
 from kubefusion.train.prefetch import BatchPreparer
+from kubefusion.train.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class Session:
     metrics: Any = None
     tensorboard: Callable[[str, int], Any] | None = None
     """(stage name, first step) -> a SummaryWriter that drops events after that step (rank 0 only)."""
+    progress: Progress | None = None
+    """Rank 0's live progress (status.json, the operator's endpoint); None on the other ranks."""
 
 
 # ------------------------------------------------------------------------------------- precision, seeds
@@ -115,6 +118,16 @@ def stage_model_path(output: Path, stage: Stage) -> Path:
     return output / ckpt.MODEL_FILE if stage.name == "fused" else output / "baselines" / f"{stage.name}.pt"
 
 
+def stage_steps(data: TrainingData, training: Any) -> tuple[int, int, int]:
+    """(batches per epoch, optimizer steps per epoch, optimizer steps in all) of one stage; every stage trains
+    on the same data with the same recipe, so all have the same."""
+    batches_per_epoch = data.batches_per_epoch("train")
+    if training.max_steps_per_epoch is not None:
+        batches_per_epoch = min(batches_per_epoch, training.max_steps_per_epoch * training.grad_accumulation)
+    steps_per_epoch = math.ceil(batches_per_epoch / training.grad_accumulation)
+    return batches_per_epoch, steps_per_epoch, training.epochs * steps_per_epoch
+
+
 def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     job, rt, data, training = session.job, session.runtime, session.data, session.job.training
     checkpoints = session.output / "checkpoints" / stage.name
@@ -126,11 +139,7 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     freeze_backbones(model, job.model)
     model.to(rt.device)
     optimizer = build_optimizer(model, job.model, training)
-    batches_per_epoch = data.batches_per_epoch("train")
-    if training.max_steps_per_epoch is not None:
-        batches_per_epoch = min(batches_per_epoch, training.max_steps_per_epoch * training.grad_accumulation)
-    steps_per_epoch = math.ceil(batches_per_epoch / training.grad_accumulation)
-    total_steps = training.epochs * steps_per_epoch
+    batches_per_epoch, _, total_steps = stage_steps(data, training)
     scheduler = build_scheduler(optimizer, total_steps, training)
     autocast, scaler = precision_setup(training.precision, rt.device)
     model_info = {**model.describe(), **session.artifact_info, "stage": stage.name}
@@ -176,6 +185,7 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
         if rt.is_main:
             path = ckpt.save_checkpoint(checkpoints, snapshot(next_epoch, next_batch), keep=training.keep_checkpoints)
             log.debug("checkpoint %s", path)
+            report.checkpointed(step)
         barrier()
 
     def optimizer_step(stream, micro_batches: int) -> StepResult:
@@ -204,7 +214,7 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
         return result
 
     # ---- rank-0 reporting ------------------------------------------------------------------------------
-    report = _Reporter(session, stage, total_steps, step)
+    report = _Reporter(session, stage, total_steps, step, epoch)
 
     # ---- the loop ---------------------------------------------------------------------------------------
     model.train()
@@ -275,15 +285,20 @@ class _Reporter:
     Steps are buffered with their on-device totals and reported together at the end of each logging window
     (and before every checkpoint): one device-to-host copy per window instead of three syncs per micro-batch."""
 
-    def __init__(self, session: Session, stage: Stage, total_steps: int, step: int):
+    def __init__(self, session: Session, stage: Stage, total_steps: int, step: int, epoch: int):
         main = session.runtime.is_main
         self.name, self.epochs, self.metrics = stage.name, session.job.training.epochs, session.metrics
+        self.live = session.progress
+        if self.live is not None:
+            self.live.stage_started(stage.name, step, epoch)
+        self.window_started = time.monotonic()
         self.steps_log = _StepLog(session.output / "logs" / f"{stage.name}.steps.jsonl", keep_through=step) \
             if main else None
         self.writer = session.tensorboard(stage.name, step) if (main and session.tensorboard) else None
         self.progress = _progress(main, total_steps, step, stage.name)
         self.window = torch.zeros(3, dtype=torch.float64)  # loss x samples, correct, samples (all ranks summed)
         self.pending: list[_Pending] = []
+        self.postfix: dict[str, str] = {}
 
     def step(self, result: StepResult, *, step: int, epoch: int, lr: float, seconds: float, window_ends: bool):
         self.pending.append(_Pending(step, epoch, lr, seconds, result.data_wait, result.totals))
@@ -296,6 +311,12 @@ class _Reporter:
                 self.writer.add_scalar("train/accuracy", totals[1] / totals[2], step)
                 self.writer.add_scalar("train/learning_rate", lr, step)
             self.window.zero_()
+            now = time.monotonic()
+            if self.live is not None:
+                elapsed = now - self.window_started
+                self.live.steps_done(step, epoch, float(totals[2]) / elapsed if elapsed > 0 else None)
+                self._show_live()
+            self.window_started = now
             if self.metrics:
                 self.metrics.observe_gpu_memory()
 
@@ -313,10 +334,26 @@ class _Reporter:
                                           epoch=entry.epoch, step=entry.step, accuracy=correct / max(1, samples),
                                           stage=self.name)
             self.window += torch.tensor([loss * samples, correct, samples], dtype=torch.float64)
-        self.progress.set_postfix(loss=f"{values[-1][0]:.4f}", lr=f"{self.pending[-1].lr:.2e}", refresh=False)
+        self.postfix.update(loss=f"{values[-1][0]:.4f}", lr=f"{self.pending[-1].lr:.2e}")
+        self.progress.set_postfix(self.postfix, refresh=False)
         self.pending.clear()
 
+    def _show_live(self) -> None:
+        """The whole job's numbers beside the stage's bar: the same ones status.json and the resource show."""
+        summary = self.live.tracker.report()["summary"]
+        for key, label in (("progress", "job"), ("eta", "eta"), ("valTop1", "val")):
+            if summary.get(key):
+                self.postfix[label] = summary[key]
+        self.progress.set_postfix(self.postfix, refresh=False)
+
+    def checkpointed(self, step: int) -> None:
+        if self.live is not None:
+            self.live.checkpoint(self.name, step)
+
     def validation(self, scores: dict[str, Any], *, step: int, epoch: int) -> None:
+        if self.live is not None:
+            self.live.validation(self.name, scores["top1"], step)
+            self._show_live()
         if not self.progress.disable:
             self.progress.write(f"[{self.name}] epoch {epoch}/{self.epochs}: validation top-1 "
                                 f"{100 * scores['top1']:.2f}%, loss {scores['loss']:.4f}")

@@ -23,8 +23,9 @@ from kubefusion.errors import ArtifactError
 from kubefusion.train.data import EVAL_SPLITS, TrainingData, load_training_data
 from kubefusion.train.distributed import Runtime, all_gather_object, barrier
 from kubefusion.train.evaluate import evaluate
-from kubefusion.train.loop import Session, Stage, precision_setup, train_stage
+from kubefusion.train.loop import Session, Stage, precision_setup, stage_steps, train_stage
 from kubefusion.train.prefetch import BatchPreparer, available_cpus, preprocess_threads
+from kubefusion.train.progress import Progress, results_fields, start_progress
 from kubefusion.train.results import summarize, write_results
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,14 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
 
     metrics = _start_metrics(job, runtime)
     tensorboard, writers = tensorboard_writers(output)
+    stages = stages_for(job)
+    progress: Progress | None = None
+    if runtime.is_main:
+        progress = start_progress([s.name for s in stages], stage_steps(data, job.training)[2],
+                                  job.training.epochs, output)
 
     session = Session(job=job, runtime=runtime, data=data, prepare=make_prepare(preprocessor, runtime.device),
-                      output=output, metrics=metrics, tensorboard=tensorboard,
+                      output=output, metrics=metrics, tensorboard=tensorboard, progress=progress,
                       artifact_info={"content_key": preprocessor.content_key, "classes": data.classes,
                                      "numeric_columns": data.numeric_columns})
     autocast, _ = precision_setup(job.training.precision, runtime.device)
@@ -115,7 +121,7 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
                                "processes": runtime.world_size, "content_key": preprocessor.content_key,
                                "baselines": {}, "ablation": {}}
     try:
-        for stage in stages_for(job):
+        for stage in stages:
             model = train_stage(session, stage)
             scores = _evaluate_splits(model, session, autocast)
             if stage.name == "fused":
@@ -130,21 +136,24 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
                     if s.get("top1") is not None:
                         metrics.observe_eval(split=split, accuracy=s["top1"], loss=s["loss"], stage=stage.name)
             del model
+
+        facts = data.dataset_facts
+        if "best_achievable" in facts:
+            results["best_achievable"] = dict(facts["best_achievable"])
+            results["ceilings"] = facts.get("ceilings")
+        results["summary"] = summarize(results)
+        if runtime.is_main:
+            markdown = write_results(output, results)
+            print("\n" + markdown, flush=True)
+            log.info("results written to %s and %s", output / "results.json", output / "results.md")
+            progress.finished(results_fields(results, output=output))
     finally:
         for writer in writers.values():
             writer.close()
         if metrics:
             metrics.close()
-
-    facts = data.dataset_facts
-    if "best_achievable" in facts:
-        results["best_achievable"] = dict(facts["best_achievable"])
-        results["ceilings"] = facts.get("ceilings")
-    results["summary"] = summarize(results)
-    if runtime.is_main:
-        markdown = write_results(output, results)
-        print("\n" + markdown, flush=True)
-        log.info("results written to %s and %s", output / "results.json", output / "results.md")
+        if progress is not None:
+            progress.close()  # the last report (the results, or where a failed run stopped), bounded in time
     barrier()
     return results
 
