@@ -171,7 +171,7 @@ class OperatorProcess:
         more command-line flags (``--namespace``); ``env``: ``KUBEFUSION_OPERATOR_*`` settings, as the
         Deployment sets them (none is inherited from the test's own environment)."""
         self.kubeconfig, self.log, self.args, self.env = kubeconfig, log, args, dict(env or {})
-        self.metrics_port, self.liveness_port = free_ports(2)
+        self.metrics_port, self.liveness_port, self.progress_port = free_ports(3)
         self.resync_seconds = 3.0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -184,6 +184,7 @@ class OperatorProcess:
             self.process = subprocess.Popen(
                 [script, '--liveness', f'http://127.0.0.1:{self.liveness_port}/healthz',
                  '--metrics-port', str(self.metrics_port), '--metrics-address', '127.0.0.1',
+                 '--progress-port', str(self.progress_port), '--progress-address', '127.0.0.1',
                  '--backend-retry-seconds', '0.5', '--resync-seconds', str(self.resync_seconds), *self.args],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -207,7 +208,7 @@ class OperatorProcess:
 
     def restart(self) -> None:
         self.stop()
-        self.metrics_port, self.liveness_port = free_ports(2)  # the old process's ports may linger in TIME_WAIT
+        self.metrics_port, self.liveness_port, self.progress_port = free_ports(3)  # the old process's ports may linger in TIME_WAIT
         self.start()
 
     def reconciliations(self) -> float:

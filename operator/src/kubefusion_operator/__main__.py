@@ -28,6 +28,13 @@ def build_parser(defaults: Options) -> argparse.ArgumentParser:
                         help="Prometheus /metrics port (default %(default)s)")
     parser.add_argument("--metrics-address", default=defaults.metrics_address,
                         help="address /metrics binds (default %(default)s)")
+    parser.add_argument("--progress-port", type=int, default=defaults.progress_port,
+                        help="port trainers post progress reports to (0: none; default %(default)s)")
+    parser.add_argument("--progress-address", default=defaults.progress_address,
+                        help="address the progress endpoint binds (default %(default)s)")
+    parser.add_argument("--progress-url", default=defaults.progress_url,
+                        help="base URL the training pods reach the progress endpoint at (env "
+                             f"{ENV_PREFIX}PROGRESS_URL; default: none, pods report no progress)")
     parser.add_argument("--peering", default=os.environ.get(f"{ENV_PREFIX}PEERING") or None,
                         help="kopf peering name for several replicas (default: standalone, no peering)")
     parser.add_argument("--priority", type=int, default=0, help="peering priority (with --peering)")
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         options.metrics_port, options.metrics_address = args.metrics_port, args.metrics_address
         options.backend_retry_seconds, options.resync_seconds = args.backend_retry_seconds, args.resync_seconds
         options.default_trainer_image = args.default_trainer_image
+        options.progress_port, options.progress_address = args.progress_port, args.progress_address
+        options.progress_url = args.progress_url
         options.__post_init__()
     except ValueError as e:
         print(f"kubefusion-operator: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from kubefusion_operator import api, kube, metrics
+from kubefusion_operator import progress_handlers  # noqa: F401  (registers the progress endpoint with kopf)
 from kubefusion_operator.api import ConditionType, Phase, Reason
 from kubefusion_operator.builders import build_configmap, build_pytorchjob, run_policy_patch, with_image
 from kubefusion_operator.builders.common import owner_reference

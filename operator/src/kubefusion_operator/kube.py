@@ -128,14 +128,19 @@ def patch_workload(namespace: str, name: str, patch: dict[str, Any]) -> dict[str
                                                    api.KUEUE_WORKLOADS, name, patch, _request_timeout=REQUEST_TIMEOUT)
 
 
-def get_configmap(namespace: str, name: str) -> dict[str, Any]:
+def _read_core(read: Any, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    """One core/v1 object as plain JSON data; :class:`NotFound` when it does not exist."""
     try:
-        found = core().read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        found = read(name, namespace, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as e:
         if e.status == 404:
-            raise NotFound(f"ConfigMap {namespace}/{name}") from e
+            raise NotFound(f"{kind} {namespace}/{name}") from e
         raise
     return client().sanitize_for_serialization(found)
+
+
+def get_configmap(namespace: str, name: str) -> dict[str, Any]:
+    return _read_core(core().read_namespaced_config_map, "ConfigMap", namespace, name)
 
 
 def create_configmap(body: dict[str, Any]) -> dict[str, Any]:
@@ -185,3 +190,27 @@ def _message(error: ApiException) -> str:
         return str(json.loads(error.body or "{}").get("message") or error.body)
     except ValueError:
         return str(error.body)
+
+
+# ------------------------------------------------------------------------------------ progress reports
+
+
+def merge_job_status(namespace: str, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """JSON-merge-patch these status fields and nothing else (no resourceVersion: the progress fields are
+    written by the progress writer alone, so there is nothing to lose to a concurrent writer)."""
+    return custom().patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                                                          {"status": fields}, _request_timeout=REQUEST_TIMEOUT)
+
+
+def review_token(token: str, audience: str) -> dict[str, Any]:
+    """The API server's TokenReview of ``token`` for ``audience``: ``status`` with ``authenticated``, ``user``
+    (``username``, ``extra`` naming the pod a bound token belongs to) and ``error``."""
+    review = kubernetes.client.V1TokenReview(
+        spec=kubernetes.client.V1TokenReviewSpec(token=token, audiences=[audience]))
+    answer = kubernetes.client.AuthenticationV1Api(client()).create_token_review(
+        review, _request_timeout=REQUEST_TIMEOUT)
+    return client().sanitize_for_serialization(answer)
+
+
+def get_pod(namespace: str, name: str) -> dict[str, Any]:
+    return _read_core(core().read_namespaced_pod, "Pod", namespace, name)

@@ -41,6 +41,27 @@ JOB_FAILURES = Counter(
     ["namespace", "job_name", "reason"],
 )
 
+PROGRESS_RECEIVED = Counter(
+    "kubefusion_operator_progress_reports_received",
+    "Progress reports that reached the operator's progress endpoint, accepted or not.",
+)
+PROGRESS_REJECTED = Counter(
+    "kubefusion_operator_progress_reports_rejected",
+    "Progress reports refused, by reason: Unauthenticated (no token, or not one for the job's audience), "
+    "Forbidden (not a pod of the job), Invalid (not a report), TooLarge, Busy, Unavailable (TokenReview failed).",
+    ["reason"],
+)
+PROGRESS_WRITES = Counter(
+    "kubefusion_operator_progress_status_writes",
+    "Status writes of the progress writer, by kind: progress (a report) or stale (reports stopped).",
+    ["kind"],
+)
+PROGRESS_WRITE_ERRORS = Counter(
+    "kubefusion_operator_progress_status_write_errors",
+    "Progress status writes that failed, by reason (ApiError<code>, Unreachable); retried with the next report.",
+    ["reason"],
+)
+
 
 class JobPhases(Collector):
     """``kubefusion_operator_jobs{phase}``: how many MultimodalTrainJobs are in each phase right now."""

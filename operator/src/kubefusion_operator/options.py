@@ -30,6 +30,18 @@ class Options:
     """Server-side timeout of kopf's watch requests; kopf reconnects after it (a stuck watch heals)."""
     workers: int = 10
     """Threads for the blocking API calls of the handlers (kopf's sync-handler executor)."""
+    progress_port: int = 8082
+    """Port of the progress endpoint trainers post their reports to (0: no endpoint)."""
+    progress_address: str = "0.0.0.0"
+    """Address the progress endpoint binds."""
+    progress_url: str = ""
+    """Base URL under which the training pods reach the progress endpoint (the chart sets it to its Service,
+    ``http://<release>-progress.<namespace>.svc:8082``). Empty: the pods are not told of any endpoint and report
+    no progress (a job's run folder still gets status.json)."""
+    progress_write_seconds: float = 12.0
+    """A job's status is written with its newest progress report at most this often."""
+    progress_stale_seconds: float = 60.0
+    """A job that is not finished and sent no report for this long is marked stale (progress.stale)."""
     default_trainer_image: str = ""
     """Trainer image for jobs that leave ``spec.image`` out (the Helm chart sets it from ``trainer.image``).
     Empty: no default, and such jobs are refused. A job keeps the image it was first built with; changing this
@@ -38,8 +50,13 @@ class Options:
     def __post_init__(self) -> None:
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"{ENV_PREFIX}METRICS_PORT: must be a port number (got {self.metrics_port})")
+        if not 0 <= self.progress_port <= 65535:
+            raise ValueError(f"{ENV_PREFIX}PROGRESS_PORT: must be a port number or 0 (got {self.progress_port})")
+        if self.progress_url and not self.progress_url.startswith(("http://", "https://")):
+            raise ValueError(f"{ENV_PREFIX}PROGRESS_URL: must be an http:// or https:// URL (got "
+                             f"{self.progress_url!r})")
         for name in ("backend_retry_seconds", "backend_retry_max_seconds", "resync_seconds",
-                     "watch_timeout_seconds", "workers"):
+                     "watch_timeout_seconds", "workers", "progress_write_seconds", "progress_stale_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}: must be > 0 (got {getattr(self, name)})")
         if any(c.isspace() for c in self.default_trainer_image):

@@ -119,6 +119,14 @@ def crd_errors(spec_schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[s
     return errors
 
 
+@pytest.fixture(scope="session")
+def status_errors(root_schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]]:
+    """Schema errors the API server would report for a status the operator writes."""
+    validator = jsonschema.Draft4Validator(to_json_schema(root_schema["properties"]["status"]))
+    return lambda status: [f"status.{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                           for e in validator.iter_errors(status)]
+
+
 def cel_rules(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """Every ``x-kubernetes-validations`` rule under ``schema`` as (dotted path, schema, rule)."""
     found = [(path, schema, rule) for rule in schema.get("x-kubernetes-validations", ())]

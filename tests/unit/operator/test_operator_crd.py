@@ -64,10 +64,10 @@ def test_crd_is_a_valid_kubernetes_object(crd):
     kubernetes_validate.validate(crd, "1.37.0", strict=True)
 
 
-def test_printer_columns_show_phase_nodes_gpus_reason_and_age(crd):
+def test_printer_columns_show_phase_progress_nodes_gpus_reason_and_age(crd):
     columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert [name for name, c in columns.items() if not c.get("priority")] == [
-        "Phase", "Nodes", "GPUs/Node", "Reason", "Age"]
+        "Phase", "Progress", "ETA", "Val-Top1", "Nodes", "GPUs/Node", "Reason", "Age"]
     assert columns["Phase"]["jsonPath"] == ".status.phase"
     assert columns["Nodes"]["jsonPath"] == ".spec.resources.nodes"
     assert columns["GPUs/Node"]["jsonPath"] == ".spec.resources.gpusPerNode"
