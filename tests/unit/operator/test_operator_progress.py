@@ -541,3 +541,16 @@ def test_the_mapping_is_pure_and_the_endpoint_needs_no_trainer():
             "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('kubefusion', 'torch', 'tensorflow'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.splitlines() == ["", ""]
+
+
+def test_mirroring_the_backend_keeps_the_progress_fields():
+    from kubefusion_operator.status import status_from_pytorchjob
+
+    progress = status_fields(parse_report(trainer_report(finished=True)), received=RECEIVED)
+    previous = {"phase": "Running", "pytorchJob": "products", **progress}
+    child = {"metadata": {"name": "products"}, "spec": {"pytorchReplicaSpecs": {}},
+             "status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}}
+    for pytorchjob in (child, None):  # mirrored, then the child deleted by its TTL
+        status = status_from_pytorchjob(pytorchjob, previous, generation=None, now=RECEIVED)
+        assert {k: status.get(k) for k in SECTIONS} == progress
+        previous = status
