@@ -44,6 +44,12 @@ def kubefusion(*args: str) -> subprocess.CompletedProcess:
                           timeout=400)
 
 
+def info_step(run: Path) -> int:
+    from kubefusion.train.checkpoint import read_checkpoint
+
+    return read_checkpoint(run / "model.pt")["step"]
+
+
 def test_local_run_trains_fused_and_baselines_and_prints_the_table(tmp_path):
     out = tmp_path / "run"
     done = kubefusion("run", str(job(tmp_path)), "--local", "--output", str(out))
@@ -68,6 +74,9 @@ def test_local_run_trains_fused_and_baselines_and_prints_the_table(tmp_path):
     fused = status["metrics"]["validation"][0]
     assert fused["stage"] == "fused" and fused["top1"] == pytest.approx(results["fused"]["validation"]["top1"])
     assert f"val={status['summary']['valTop1']}" in done.stdout and "job=" in done.stdout
+    # spec.training.exportOnnx (the default): the fused model as ONNX beside it, named in the results.
+    assert status["results"]["onnx"] == str(out.resolve() / "onnx")
+    assert json.loads((out / "onnx" / "model.json").read_text())["checkpoint"]["step"] == info_step(out)
 
     from kubefusion.model import load_model_from_checkpoint
 

@@ -291,3 +291,11 @@ def test_the_status_file_is_written_whole(tmp_path):
     sink.deliver({"progress": {"percent": 3.0}})
     assert json.loads((tmp_path / "status.json").read_text()) == {"progress": {"percent": 3.0}}
     assert [f.name for f in tmp_path.iterdir()] == ["status.json"]  # no temporary file left
+
+
+def test_a_failed_onnx_export_is_a_warning_naming_the_command_to_redo_it(tmp_path, caplog):
+    from kubefusion.train.recipe import export_onnx
+
+    assert export_onnx(tmp_path, tmp_path / "artifacts") is None  # no model.pt: nothing to export
+    (warning,) = [r.getMessage() for r in caplog.records if "ONNX export failed" in r.getMessage()]
+    assert f"kubefusion export --checkpoint {tmp_path / 'model.pt'} --out {tmp_path / 'onnx'}" in warning

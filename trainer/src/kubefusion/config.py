@@ -261,6 +261,9 @@ class TrainingConfig:
     """Checkpoints kept on disk; older ones are deleted after a newer one is written."""
     baselines: bool = True
     """After the fused model, train one single-modality model per modality with the same recipe."""
+    export_onnx: bool = True
+    """At the end, export the fused model to ONNX in ``<output>/onnx`` (checked against torch), the folder
+    ``kubefusion predict --artifacts`` serves; its place is in the results (status.results.onnx)."""
     max_steps_per_epoch: int | None = None
     """Cap steps per epoch (smoke tests); ``None`` runs the full epoch."""
     log_every_steps: int = 10

@@ -13,7 +13,9 @@ What the operator does with pods, this does on one machine, with the same job fi
    N comes from :func:`plan_processes`: nodes collapse onto this one machine, so the job's
    ``nodes x gpusPerNode`` processes, capped by the GPUs here (NCCL) or, without GPUs, by the CPU cores
    (gloo, torch threads split evenly between the processes);
-4. the results table (printed by rank 0) is in ``DIR/results.md`` and ``DIR/results.json``.
+4. the results table (printed by rank 0) is in ``DIR/results.md`` and ``DIR/results.json``, the fused model
+   in ``DIR/model.pt`` and as ONNX in ``DIR/onnx`` (``spec.training.exportOnnx``), and ``DIR/status.json``
+   holds what a cluster job's status shows (progress, validation, checkpoint, results).
 
 Running it again with the same ``--output`` resumes training from the newest checkpoints. A failing rank ends
 the whole run (torchrun tears the others down) and this command prints one ``error:`` line; torchrun's full
@@ -257,8 +259,10 @@ def run(args: argparse.Namespace) -> int:
                              log_path=logs / "torchrun.log")
     if code != 0:
         raise LocalRunError(f"training failed: {out.reason()} (full log: {logs / 'torchrun.log'})")
+    onnx = f" (ONNX: {output / 'onnx'})" if (output / "onnx" / "model.json").is_file() else ""
     print(f"done in {time.monotonic() - started:.0f} s; results in {output / 'results.md'} and "
-          f"{output / 'results.json'}; model in {output / 'model.pt'}", flush=True)
+          f"{output / 'results.json'}; model in {output / 'model.pt'}{onnx}; progress and results as a cluster "
+          f"job shows them in {output / 'status.json'}", flush=True)
     return 0
 
 

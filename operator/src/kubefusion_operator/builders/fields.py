@@ -133,6 +133,7 @@ SPEC_FIELDS: dict[str, Any] = {
         "checkpointEverySteps": _int(500, 1),
         "keepCheckpoints": _int(3, 1),
         "baselines": _bool(True),
+        "exportOnnx": _bool(True),
         "maxStepsPerEpoch": _int(minimum=1, nullable=True),
         "logEverySteps": _int(10, 1),
         "collectiveTimeoutSeconds": _int(900, 1),

@@ -147,6 +147,11 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
             print("\n" + markdown, flush=True)
             log.info("results written to %s and %s", output / "results.json", output / "results.md")
             progress.finished(results_fields(results, output=output))
+        barrier()  # the other ranks are done; rank 0 alone exports
+        if runtime.is_main and job.training.export_onnx:
+            onnx = export_onnx(output, artifacts)
+            if onnx is not None:
+                progress.finished(results_fields(results, output=output, onnx=onnx))
     finally:
         for writer in writers.values():
             writer.close()
@@ -154,8 +159,39 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
             metrics.close()
         if progress is not None:
             progress.close()  # the last report (the results, or where a failed run stopped), bounded in time
-    barrier()
     return results
+
+
+ONNX_FOLDER = "onnx"
+
+
+def export_onnx(output: Path, artifacts: Path) -> Path | None:
+    """``spec.training.exportOnnx``: the fused model (``output/model.pt``) as ONNX in ``output/onnx``, checked
+    against torch (:func:`kubefusion.serve.export.export_model`). An export of this very model (same step and
+    preprocessing) is kept as it is. A failed export is a warning, not a failed run: the model is trained, and
+    ``kubefusion export`` can be run on it by hand."""
+    import json
+
+    from kubefusion.serve.export import MODEL_INFO, export_model
+    from kubefusion.train.checkpoint import MODEL_FILE, read_checkpoint
+
+    target = output / ONNX_FOLDER
+    try:
+        model = read_checkpoint(output / MODEL_FILE)
+        done = json.loads((target / MODEL_INFO).read_text()) if (target / MODEL_INFO).is_file() else {}
+        if done.get("checkpoint", {}).get("step") == model["step"] and \
+                done.get("content_key") == model["model_info"].get("content_key"):
+            log.info("ONNX export of this model already in %s", target)
+            return target
+        del model
+        export_model(output / MODEL_FILE, target, artifacts=artifacts)
+    except Exception as exc:  # noqa: BLE001 - the training itself succeeded; say what failed and how to redo it
+        log.warning("warning: ONNX export failed (%s: %s); the trained model is %s, export it with `kubefusion "
+                    "export --checkpoint %s --out %s`", type(exc).__name__, exc, output / MODEL_FILE,
+                    output / MODEL_FILE, target)
+        return None
+    log.info("model exported to ONNX in %s", target)
+    return target
 
 
 def _evaluate_splits(model, session: Session, autocast, *, splits=EVAL_SPLITS,
