@@ -247,6 +247,8 @@ def test_alerts_can_be_disabled_and_labelled(render):
     (["--set", "monitoring.prometheusRule.disabledAlerts={NoSuchAlert}"], "/monitoring/prometheusRule/disabledAlerts/0"),
     (["--set", "operator.replicas=2"], "replicas"),
     (["--set", "monitoring.prometheusRule.trainingStalledMinutes=1"], "/monitoring/prometheusRule/trainingStalledMinutes"),
+    (["--set", "operator.preferredBackend=Volcano"], "/operator/preferredBackend"),
+    (["--set", "trainJob.runtime.create=maybe"], "/trainJob/runtime/create"),
 ])
 def test_schema_rejects_bad_values_naming_the_key(helm, flags, complaint):
     done = run([helm, "template", "x", str(CHART), *flags])
@@ -263,16 +265,22 @@ def notes(helm: str, *flags: str) -> str:
 
 @pytest.mark.parametrize("flags, expected, absent", [
     ([], ["all namespaces", "not created", "--api-versions monitoring.coreos.com/v1", "monitoring.enabled=true",
-          "ConfigMap kubefusion-dashboard"], ["are installed"]),
+          "ConfigMap kubefusion-dashboard", "ClusterTrainingRuntime kubefusion was not installed",
+          "--api-versions trainer.kubeflow.org/v1alpha1"], ["are installed"]),
     (["--set", "operator.watchNamespaces={team-a,team-b}", "--set", "monitoring.enabled=true"],
      ["namespaces: team-a, team-b", "PodMonitor", "monitoring.podMonitor.labels", "namespace: team-a}"],
      ["not created"]),
     (["--set", "monitoring.enabled=false", "--set", "monitoring.grafanaDashboard.enabled=false"],
-     ["monitoring.enabled is false"], ["--api-versions", "kubefusion-dashboard"]),
+     ["monitoring.enabled is false"], ["--api-versions monitoring.coreos.com/v1", "kubefusion-dashboard"]),
+    (["--set", "trainJob.runtime.create=true", "--set", "operator.preferredBackend=TrainJob"],
+     ["ClusterTrainingRuntime kubefusion installed with this release", "(TrainJob where both are"],
+     ["was not installed"]),
+    (["--set", "trainJob.runtime.create=false"], [], ["ClusterTrainingRuntime kubefusion"]),
 ])
 def test_notes_tell_what_was_installed_and_how_to_check_it(helm, flags, expected, absent):
     text = notes(helm, *flags)
-    for wanted in ["kubectl get mmtj", "pytorchjobs.kubeflow.org", "logs deploy/kubefusion-operator",
+    for wanted in ["kubectl get mmtj", "pytorchjobs.kubeflow.org", "trainjobs.trainer.kubeflow.org",
+                   "logs deploy/kubefusion-operator",
                    "kubectl explain mmtj.spec", *expected]:
         assert wanted in text, f"{wanted!r} missing from NOTES:\n{text}"
     for unwanted in ["examples/", "registry.example.com", *absent]:
@@ -422,6 +430,54 @@ PROMETHEUS_OPERATOR_SCHEMAS = {
                                        "expr": {"type": "string", "minLength": 1}, "for": _DURATION,
                                        "labels": _STRING_MAP, "annotations": _STRING_MAP}}}}}}}}),
 }
+
+
+# ------------------------------------------------------------------------------------------------------
+# Kubeflow Trainer v2: the ClusterTrainingRuntime of the TrainJob backend.
+
+TRAINER_API = ["--api-versions", "trainer.kubeflow.org/v1alpha1"]
+
+
+@pytest.mark.parametrize("flags, installed", [
+    ([], False),  # `helm template` sees no Trainer
+    (TRAINER_API, True),
+    (["--set", "trainJob.runtime.create=true"], True),
+    ([*TRAINER_API, "--set", "trainJob.runtime.create=false"], False),
+])
+def test_training_runtime_follows_trainer_and_false_wins(render, flags, installed):
+    assert len(by_kind(render(*flags), "ClusterTrainingRuntime")) == int(installed)
+
+
+def test_training_runtime_runs_the_trainer_image_and_the_values_the_operator_checks_jobs_against(render):
+    from kubefusion_operator.backends import runtime_conflicts
+
+    objects = render(*TRAINER_API, "--set", "trainer.image.repository=registry.example.com/ml/kubefusion-trainer",
+                     "--set", "trainer.image.tag=2026.11.1", "--set", "trainJob.runtime.name=ml-kubefusion",
+                     "--set", "trainJob.runtime.priorityClassName=training", "--set", "trainJob.runtime.backoffLimit=5",
+                     "--set", "trainJob.runtime.ttlSecondsAfterFinished=600", "--set", "operator.preferredBackend=TrainJob")
+    runtime = one(objects, "ClusterTrainingRuntime")
+    assert runtime["metadata"]["name"] == "ml-kubefusion" and "namespace" not in runtime["metadata"]
+    assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node" and job["replicas"] == 1
+    assert job["template"]["metadata"]["labels"] == {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+    pod = job["template"]["spec"]["template"]
+    for version in KUBERNETES_VERSIONS:  # the pod template of the Job, as Kubernetes checks it
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
+                                      "template": pod}, version, strict=True)
+    image = "registry.example.com/ml/kubefusion-trainer:2026.11.1"
+    assert [c["image"] for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]] == [image, image]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["node"]  # the name Trainer gives trainer.* to
+    # What a job on this runtime must ask for, and what the operator is told.
+    job_spec = {"image": image, "scheduling": {"priorityClassName": "training"},
+                "runPolicy": {"backoffLimit": 5, "ttlSecondsAfterFinished": 600}}
+    assert runtime_conflicts(job_spec, runtime) == []
+    assert len(runtime_conflicts({"image": image}, runtime)) == 3
+    (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KUBEFUSION_OPERATOR_TRAINING_RUNTIME"] == "ml-kubefusion"
+    assert env["KUBEFUSION_OPERATOR_PREFERRED_BACKEND"] == "TrainJob"
+    assert env["KUBEFUSION_OPERATOR_DEFAULT_TRAINER_IMAGE"] == image
 
 
 def test_operator_accepts_the_arguments_the_chart_passes(render):

@@ -77,6 +77,15 @@ def test_chart_monitoring_equals_kustomize_monitoring(render, kubectl):
     assert_same_objects(chart, kustomize(kubectl, "manifests/monitoring"))
 
 
+def test_chart_training_runtime_equals_kustomize_trainjob(render, kubectl):
+    """`kubectl apply -k manifests/trainjob/` installs the ClusterTrainingRuntime the chart makes where Trainer v2
+    is (cluster-scoped: kustomize gives it no namespace)."""
+    chart = [o for o in render("--set", "trainJob.runtime.create=true") if o["kind"] == "ClusterTrainingRuntime"]
+    kustomized = kustomize(kubectl, "manifests/trainjob")
+    assert [o["kind"] for o in kustomized] == ["ClusterTrainingRuntime"] and "namespace" not in kustomized[0]["metadata"]
+    assert_same_objects(chart, kustomized)
+
+
 def test_rendered_alerts_are_the_promtool_tested_rules(render):
     rule = one(render("--set", "monitoring.enabled=true"), "PrometheusRule")
     source = yaml.safe_load((ROOT / "monitoring" / "alerts.yaml").read_text())

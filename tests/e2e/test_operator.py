@@ -307,16 +307,38 @@ def test_hundred_jobs_make_exactly_hundred_pytorchjobs(cluster: Cluster, operato
     assert operator.metrics()['kubefusion_operator_children_created_total{kind="PyTorchJob"}'] == 100
 
 
-def test_kubectl_apply_example_yields_an_acceptable_pytorchjob(cluster: Cluster, operator: OperatorProcess,
-                                                               kubeconfig: Path) -> None:
-    def kubectl(*args: str) -> str:
-        done = subprocess.run([KUBECTL, '--kubeconfig', str(kubeconfig), *args], capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+def kubectl(kubeconfig: Path, *args: str) -> str:
+    done = subprocess.run([KUBECTL, '--kubeconfig', str(kubeconfig), *args], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
+
+def table_cells(header: str, row: str) -> dict[str, str]:
+    """A `kubectl get` row by column, cut where the header's columns start (cells may be empty)."""
+    names = header.split()
+    starts = [header.index(name) for name in names] + [None]
+    return dict(zip(names, (row[a:b].strip() for a, b in zip(starts, starts[1:]))))
+
+
+CHART_TRAINER_IMAGE = 'registry.example.com/kubefusion-trainer:0.1.0'
+"""The operator's default trainer image as the chart sets it (examples/job.yaml names none)."""
+
+
+@pytest.fixture()
+def chart_operator(kubeconfig: Path, tmp_path: Path) -> Any:
+    """The operator with the settings the chart gives it: a default trainer image."""
+    process = OperatorProcess(kubeconfig, tmp_path / 'operator.log',
+                              env={'KUBEFUSION_OPERATOR_DEFAULT_TRAINER_IMAGE': CHART_TRAINER_IMAGE})
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_kubectl_apply_example_yields_an_acceptable_pytorchjob(cluster: Cluster, chart_operator: OperatorProcess,
+                                                               kubeconfig: Path) -> None:
     example = yaml.safe_load((REPO / 'examples' / 'job.yaml').read_text())
-    assert kubectl('apply', '-f', str(REPO / 'examples' / 'job.yaml'), '--validate=false').strip() == \
+    assert kubectl(kubeconfig, 'apply', '-f', str(REPO / 'examples' / 'job.yaml'), '--validate=false').strip() == \
         'multimodaltrainjob.kubefusion.io/products created'
     pytorchjob = wait_for(lambda: cluster.pytorchjob('products'), what='the PyTorchJob')
 
@@ -335,22 +357,20 @@ def test_kubectl_apply_example_yields_an_acceptable_pytorchjob(cluster: Cluster,
         assert trainer['resources']['limits']['nvidia.com/gpu'] == gpus
         assert trainer['command'][:3] == ['torchrun', '-m', 'kubefusion']
         assert [c['command'][:2] for c in pod['initContainers']] == [['kubefusion', 'preprocess']]
-        assert pod['initContainers'][0]['image'] == trainer['image'] == spec['image']
+        assert pod['initContainers'][0]['image'] == trainer['image'] == CHART_TRAINER_IMAGE
         mounts = {m['mountPath'] for m in trainer['volumeMounts']}
         assert {'/etc/kubefusion', '/data', '/artifacts', '/checkpoints', '/dev/shm'} <= mounts
     assert pytorchjob['spec']['runPolicy']['backoffLimit'] == 3
     assert pytorchjob['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a'
 
     # Re-applying the unchanged file changes nothing; the job stays Pending until Kubeflow reports.
-    assert 'unchanged' in kubectl('apply', '-f', str(REPO / 'examples' / 'job.yaml'), '--validate=false')
+    assert 'unchanged' in kubectl(kubeconfig, 'apply', '-f', str(REPO / 'examples' / 'job.yaml'), '--validate=false')
     cluster.kubeflow_reports('products', 'Created', 'Running', 'Succeeded')
     cluster.wait_phase('products', 'Succeeded')
-    table = kubectl('get', 'mmtj', '-n', NAMESPACE)
+    table = kubectl(kubeconfig, 'get', 'mmtj', '-n', NAMESPACE)
     header, row = table.splitlines()[:2]
-    names = header.split()
-    assert names == ['NAME', 'PHASE', 'PROGRESS', 'ETA', 'VAL-TOP1', 'NODES', 'GPUS/NODE', 'REASON', 'AGE']
-    starts = [header.index(name) for name in names] + [None]
-    cells = dict(zip(names, (row[a:b].strip() for a, b in zip(starts, starts[1:]))))
+    cells = table_cells(header, row)
+    assert list(cells) == ['NAME', 'PHASE', 'PROGRESS', 'ETA', 'VAL-TOP1', 'NODES', 'GPUS/NODE', 'REASON', 'AGE']
     # No trainer ran here, so no progress was reported: those columns are empty.
     assert cells == {'NAME': 'products', 'PHASE': 'Succeeded', 'PROGRESS': '', 'ETA': '', 'VAL-TOP1': '',
                      'NODES': '2', 'GPUS/NODE': '4', 'REASON': 'PyTorchJobSucceeded', 'AGE': cells['AGE']}

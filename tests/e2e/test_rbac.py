@@ -67,6 +67,15 @@ def test_operator_does_everything_within_its_cluster_role_and_uses_all_of_it(
         cluster.patch_job('queued', {'spec': {'runPolicy': {'suspend': True}}})
         wait_for(lambda: cluster.workload(workload['metadata']['name'])['spec'].get('active') is False,
                  what='the Workload deactivated')
+        # Trainer v2 joins: a job on the TrainJob backend reads the runtime, creates the TrainJob, mirrors it and
+        # patches its spec.suspend.
+        cluster.install_trainer()
+        cluster.create_job(job_body('trainer', backend='TrainJob'))
+        wait_for(lambda: cluster.trainjob('trainer'), what='the TrainJob')
+        cluster.trainer_reports('trainer', active=1, ready=1)
+        cluster.wait_phase('trainer', 'Running')
+        cluster.patch_job('trainer', {'spec': {'runPolicy': {'suspend': True}}})
+        wait_for(lambda: cluster.trainjob('trainer')['spec']['suspend'] is True, what='the TrainJob suspended')
     finally:
         operator.stop()
 

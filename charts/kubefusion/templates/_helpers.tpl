@@ -81,3 +81,13 @@ app.kubernetes.io/component: monitoring
 {{- else if and (eq $mode "auto") (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") }}true
 {{- end }}
 {{- end }}
+
+{{/* Whether to install the ClusterTrainingRuntime the TrainJob backend runs on: trainJob.runtime.create true,
+     or "auto" and the cluster serves trainer.kubeflow.org/v1alpha1 (Kubeflow Trainer v2; `helm template` sees it
+     only with --api-versions trainer.kubeflow.org/v1alpha1). Returns "true" or "". */}}
+{{- define "kubefusion.trainingRuntime" -}}
+{{- $mode := toString .Values.trainJob.runtime.create }}
+{{- if eq $mode "true" }}true
+{{- else if and (eq $mode "auto") (.Capabilities.APIVersions.Has "trainer.kubeflow.org/v1alpha1") }}true
+{{- end }}
+{{- end }}

@@ -12,13 +12,14 @@ import argparse
 import os
 import sys
 
+from kubefusion_operator.api import CONCRETE_BACKENDS
 from kubefusion_operator.options import ENV_PREFIX, Options
 
 
 def build_parser(defaults: Options) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubefusion-operator",
-        description="Turn MultimodalTrainJobs into Kubeflow PyTorchJobs and report their state.")
+        description="Turn MultimodalTrainJobs into Kubeflow PyTorchJobs or TrainJobs and report their state.")
     parser.add_argument("-n", "--namespace", action="append", dest="namespaces", default=None,
                         help="watch only this namespace (repeatable; globs like team-*); default: all namespaces "
                              f"(env {ENV_PREFIX}NAMESPACES, comma-separated)")
@@ -39,7 +40,13 @@ def build_parser(defaults: Options) -> argparse.ArgumentParser:
                         help="kopf peering name for several replicas (default: standalone, no peering)")
     parser.add_argument("--priority", type=int, default=0, help="peering priority (with --peering)")
     parser.add_argument("--backend-retry-seconds", type=float, default=defaults.backend_retry_seconds,
-                        help="first retry delay while the PyTorchJob CRD is missing (default %(default)s)")
+                        help="first retry delay while no backend a job may use is installed (default %(default)s)")
+    parser.add_argument("--preferred-backend", choices=CONCRETE_BACKENDS, default=defaults.preferred_backend,
+                        help="what spec.backend: Auto takes where the cluster serves both PyTorchJob and TrainJob "
+                             f"(env {ENV_PREFIX}PREFERRED_BACKEND; default %(default)s)")
+    parser.add_argument("--training-runtime", default=defaults.training_runtime,
+                        help="the ClusterTrainingRuntime TrainJobs run on (env "
+                             f"{ENV_PREFIX}TRAINING_RUNTIME; default %(default)s)")
     parser.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds,
                         help="how often every job is reconciled again (default %(default)s)")
     parser.add_argument("--default-trainer-image", default=defaults.default_trainer_image,
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         options.default_trainer_image = args.default_trainer_image
         options.progress_port, options.progress_address = args.progress_port, args.progress_address
         options.progress_url = args.progress_url
+        options.preferred_backend, options.training_runtime = args.preferred_backend, args.training_runtime
         options.__post_init__()
     except ValueError as e:
         print(f"kubefusion-operator: {e}", file=sys.stderr)

@@ -29,8 +29,29 @@ CATEGORIES = ("kubefusion",)
 makes ``kubectl delete all --all`` delete training runs by surprise."""
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
-# --------------------------------------------------------------------------- the Kubeflow backend
+# ------------------------------------------------------------------------------- the Kubeflow backends
 
+
+class BackendName(str, Enum):
+    """``spec.backend`` and ``status.backend``: which Kubeflow API runs the job.
+
+    ``Auto`` (spec only) takes what the cluster serves; where both are served, the operator's preference
+    (``KUBEFUSION_OPERATOR_PREFERRED_BACKEND``, the chart's ``operator.preferredBackend``) decides.
+    ``status.backend`` records the choice, which never changes for the job afterwards.
+    """
+
+    AUTO = "Auto"
+    PYTORCHJOB = "PyTorchJob"
+    TRAINJOB = "TrainJob"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+BACKEND_CHOICES = tuple(b.value for b in BackendName)
+CONCRETE_BACKENDS = (BackendName.PYTORCHJOB.value, BackendName.TRAINJOB.value)
+
+# Kubeflow's training operator v1 (maintenance only).
 PYTORCHJOB_GROUP = "kubeflow.org"
 PYTORCHJOB_VERSION = "v1"
 PYTORCHJOB_API_VERSION = f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}"
@@ -44,6 +65,25 @@ PYTORCHJOB_PORT_NAME = "pytorchjob-port"
 GPU_RESOURCE = "nvidia.com/gpu"
 REPLICA_MASTER = "Master"
 REPLICA_WORKER = "Worker"
+
+# Kubeflow Trainer v2 (TrainJob on JobSet), v2.2 and newer (runtimePatches, integer numProcPerNode).
+TRAINER_GROUP = "trainer.kubeflow.org"
+TRAINER_VERSION = "v1alpha1"
+TRAINER_API_VERSION = f"{TRAINER_GROUP}/{TRAINER_VERSION}"
+TRAINJOB_KIND = "TrainJob"
+TRAINJOB_PLURAL = "trainjobs"
+CLUSTER_TRAINING_RUNTIME_KIND = "ClusterTrainingRuntime"
+CLUSTER_TRAINING_RUNTIMES = "clustertrainingruntimes"
+DEFAULT_TRAINING_RUNTIME = "kubefusion"
+"""Name of the ClusterTrainingRuntime the chart (and ``manifests/trainjob/``) installs."""
+RUNTIME_PATCH_MANAGER = "kubefusion.io/operator"
+"""``spec.runtimePatches[].manager`` of the operator's one patch (Kueue adds its own, ``kueue.x-k8s.io/manager``)."""
+TRAINER_REPLICATED_JOB = "node"
+"""The runtime's replicated job with ``trainer.kubeflow.org/trainjob-ancestor-step: trainer``."""
+TRAINER_NODE_CONTAINER = "node"
+"""Trainer v2 gives ``trainer.image``/``command``/``env``/``resourcesPerNode`` and the ``PET_*`` variables to the
+container of this exact name."""
+TRAINER_ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
 
 # --------------------------------------------------------------------------------------- labels
 
@@ -65,11 +105,13 @@ COMPONENT_TRAINING = "training"
 COMPONENT_CONFIG = "job-config"
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""Kueue admits a job (PyTorchJob or TrainJob) carrying this label through the named LocalQueue."""
 KUEUE_GROUP = "kueue.x-k8s.io"
-KUEUE_VERSION = "v1beta1"
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
+"""Kueue's Workload API versions, newest first: Kueue 0.19 stores v1beta2 and still serves v1beta1 (deprecated);
+older releases serve v1beta1 only."""
 KUEUE_WORKLOADS = "workloads"
 """Kueue's Workload: one per queued job, owned by it; ``spec.active: false`` keeps the job out (suspended)."""
-"""Kueue admits a PyTorchJob carrying this label through the named LocalQueue."""
 
 # --------------------------------------------------------------------------- inside the pods
 
@@ -82,7 +124,7 @@ ARTIFACTS_DIR = "/artifacts"
 CHECKPOINTS_DIR = "/checkpoints"
 SHM_DIR = "/dev/shm"
 TRAINER_CONTAINER = "pytorch"
-"""Kubeflow's training operator finds the training container by this exact name."""
+"""Kubeflow's training operator finds the training container of a PyTorchJob by this exact name."""
 PREPROCESS_CONTAINER = "preprocess"
 PREPROCESS_COMMAND = ("kubefusion", "preprocess", "--config", CONFIG_PATH, "--out", ARTIFACTS_DIR)
 TRAIN_COMMAND = ("torchrun", "-m", "kubefusion", "train", "--config", CONFIG_PATH,
@@ -108,9 +150,10 @@ def config_map_name(job_name: str) -> str:
 class Phase(str, Enum):
     """``status.phase`` of a MultimodalTrainJob.
 
-    ``Pending``: accepted, no PyTorchJob yet (or the training operator has not picked it up).
-    ``Created``: the PyTorchJob exists; pods are being scheduled (gang scheduling may hold them).
-    ``Running``: training. ``Restarting``: a pod failed and is being restarted within ``backoffLimit``.
+    ``Pending``: accepted, no child (PyTorchJob or TrainJob) yet, or Kubeflow has not picked it up.
+    ``Created``: the child exists; pods are being scheduled (gang scheduling or a queue may hold them).
+    ``Running``: training. ``Restarting``: a pod failed and is being restarted within ``backoffLimit``
+    (reported by the PyTorchJob backend; a TrainJob does not say).
     ``Suspended``: ``runPolicy.suspend`` is true or a queue (Kueue) holds the job.
     ``Succeeded`` / ``Failed``: terminal; a terminal phase never changes again.
 
@@ -139,9 +182,11 @@ class Phase(str, Enum):
 class ConditionType:
     """Condition types on ``status.conditions``.
 
-    The first six mirror the PyTorchJob's own conditions (same names, reasons and messages). The last three
-    are the operator's: ``SpecValid`` (``False`` with reason ``InvalidSpec`` or ``ImmutableFieldChanged``),
-    ``BackendAvailable`` (``False`` with reason ``BackendUnavailable`` when the PyTorchJob CRD is missing) and
+    The first six mirror the child's state: a PyTorchJob's own conditions (same names, reasons and messages),
+    or a TrainJob's (``Complete`` as ``Succeeded``, ``Failed``, ``Suspended``; ``Created`` and ``Running`` from
+    its existence and its ``jobsStatus``). The last three are the operator's: ``SpecValid`` (``False`` with
+    reason ``InvalidSpec``, ``ImmutableFieldChanged`` or ``NotSupportedByBackend``), ``BackendAvailable``
+    (``False`` with reason ``BackendUnavailable`` when no backend the job may use is installed) and
     ``ChildrenReady`` (``False`` while a child of that name cannot be ours yet: ``WaitingForPreviousRun``,
     ``ChildConflict``).
     """
@@ -161,7 +206,7 @@ MIRRORED_CONDITION_TYPES = (
     ConditionType.CREATED, ConditionType.RUNNING, ConditionType.RESTARTING,
     ConditionType.SUSPENDED, ConditionType.SUCCEEDED, ConditionType.FAILED,
 )
-"""The PyTorchJob condition types copied onto our status, in their usual order of appearance."""
+"""The condition types that describe the child, in their usual order of appearance."""
 
 
 class Reason:
@@ -172,15 +217,10 @@ class Reason:
     IMMUTABLE_FIELD_CHANGED = "ImmutableFieldChanged"
     BACKEND_AVAILABLE = "BackendAvailable"
     BACKEND_UNAVAILABLE = "BackendUnavailable"
-    WAITING_FOR_BACKEND = "WaitingForTrainingOperator"
-    """The PyTorchJob exists but carries no status yet: is Kubeflow's training operator running?"""
-    CHILD_PENDING = "PyTorchJobPending"
-    """No PyTorchJob yet: the operator has not created it."""
-    CHILD_LOST = "PyTorchJobLost"
-    """The PyTorchJob this job created is gone before it reported an end: the run is over (Failed), never
-    silently started again."""
+    NOT_SUPPORTED_BY_BACKEND = "NotSupportedByBackend"
+    """The spec asks for something the chosen backend cannot carry out (a TrainJob takes it from its runtime)."""
     CONDITION_CLEARED = "ConditionCleared"
-    """A mirrored condition the PyTorchJob no longer reports (Kubeflow dropped it): set False."""
+    """A mirrored condition the child no longer reports (Kubeflow dropped it): set False."""
     CHILDREN_READY = "ChildrenReady"
     WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"
     """A child of the same name still belongs to an earlier job of this name (being garbage-collected)."""

@@ -1,22 +1,26 @@
-"""kopf handlers: a MultimodalTrainJob becomes a ConfigMap and a Kubeflow PyTorchJob; the PyTorchJob's state
-becomes the MultimodalTrainJob's status.
+"""kopf handlers: a MultimodalTrainJob becomes a ConfigMap and a Kubeflow training job (a PyTorchJob or a
+TrainJob: :mod:`kubefusion_operator.backends`); the child's state becomes the MultimodalTrainJob's status.
 
 Reconciliation is level-based and idempotent: every run reads the children, adopts those it finds by name
 (adding the owner reference when missing), creates what is missing and patches only what differs, so an
-operator restart, a resume or a repeated event never duplicates or clobbers anything. The spec a PyTorchJob
-was built from is kept in its ``kubefusion.io/applied-spec`` annotation: that is what immutable fields are
-compared against (it survives restarts, unlike an in-memory diff) and what tells a user's ``suspend`` change
-from a queue's (Kueue suspends the PyTorchJob itself; the operator does not fight it). It holds the image
-resolved: a job without ``spec.image`` keeps the operator's default trainer image of the day it was built.
+operator restart, a resume or a repeated event never duplicates or clobbers anything. The backend is chosen
+once, when the child is created (``spec.backend``, or for ``Auto`` what the cluster serves and the operator
+prefers), and recorded in ``status.backend``; an existing child of either kind is found before anything is
+chosen, so a lost status write never leads to a second child. The spec a child was built from is kept in its
+``kubefusion.io/applied-spec`` annotation: that is what immutable fields are compared against (it survives
+restarts, unlike an in-memory diff) and what tells a user's ``suspend`` change from a queue's (Kueue suspends
+the child itself; the operator does not fight it). It holds the image resolved: a job without ``spec.image``
+keeps the operator's default trainer image of the day it was built.
 
 Handlers are plain functions: kopf runs them in its thread pool, so the blocking client calls in
-:mod:`kubefusion_operator.kube` never block the event loop. Builders, validation and the status mapping are
-pure modules; this file only wires them to the API.
+:mod:`kubefusion_operator.kube` never block the event loop. Builders, backends, validation and the status
+mapping are pure modules; this file only wires them to the API and never branches on the child's kind.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import random
@@ -29,19 +33,15 @@ from kubernetes.client.rest import ApiException
 from kubefusion_operator import api, kube, metrics
 from kubefusion_operator import progress_handlers  # noqa: F401  (registers the progress endpoint with kopf)
 from kubefusion_operator.api import ConditionType, Phase, Reason
-from kubefusion_operator.builders import build_configmap, build_pytorchjob, run_policy_patch, with_image
+from kubefusion_operator.backends import BACKENDS, Backend, choose, unavailable_message
+from kubefusion_operator.builders import build_configmap, with_image
 from kubefusion_operator.builders.common import owner_reference
 from kubefusion_operator.options import Options
-from kubefusion_operator.status import phase_of, status_from_pytorchjob
+from kubefusion_operator.status import phase_of, status_from_child
 from kubefusion_operator.validation import immutable_changes, validate_spec
 
 MTJ = (api.GROUP, api.VERSION, api.PLURAL)
-PYTORCHJOBS = (api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, api.PYTORCHJOB_PLURAL)
 APPLIED_SPEC = api.LABEL_PREFIX + "applied-spec"
-INSTALL_TRAINING_OPERATOR = ('kubectl apply --server-side -k '
-                             '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.8.1"')
-BACKEND_MISSING = (f"{api.PYTORCHJOB_API_VERSION} {api.PYTORCHJOB_KIND} is not served by this cluster: install "
-                   f"Kubeflow's training operator ({INSTALL_TRAINING_OPERATOR}); retrying with back-off")
 STATUS_WRITE_ATTEMPTS = 8
 CHILD_REJECTED = "ChildRejected"
 """SpecValid=False reason: the API refused a child object the spec produced (422 from a webhook or schema)."""
@@ -129,50 +129,49 @@ def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
 def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> None:
     meta, spec = job["metadata"], job.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
+    backend: Backend | None = None
     try:
-        # A PyTorchJob of this name that is not this job's (an earlier job's, still being deleted) must not lend
-        # us its applied spec or its status: _claim waits for it to go, or adopts an orphan made for this job.
-        pytorchjob = _read_or_none(kube.get_pytorchjob, namespace, name)
-        if pytorchjob is not None:
-            pytorchjob = _claim(pytorchjob, job, api.PYTORCHJOB_KIND, kube.patch_pytorchjob)
-        # Without a PyTorchJob, whether one was ever made is read from the job as it is now: the body this
-        # handler got may predate the status write that recorded it.
-        latest = (_read_or_none(kube.get_job, namespace, name) or job) if pytorchjob is None else job
+        # A child of this name that is not this job's (an earlier job's, still being deleted) must not lend us
+        # its applied spec or its status: _claim waits for it to go, or adopts an orphan made for this job.
+        backend, child = _find_child(job)
+        # Without a child, whether one was ever made is read from the job as it is now: the body this handler got
+        # may predate the status write that recorded it.
+        latest = (_read_or_none(kube.get_job, namespace, name) or job) if child is None else job
         status = latest.get("status") or {}
-        if pytorchjob is None and (status.get("pytorchJob") or phase_of(status) in (Phase.SUCCEEDED, Phase.FAILED)):
-            # Finished and removed (ttlSecondsAfterFinished), or lost before the end: never train again. A
-            # PyTorchJob once created for this job is not made a second time (it may have succeeded unseen).
-            _write_status(namespace, name, lambda current: _status(current, None))
+        if child is None and (_recorded_backend(status) or phase_of(status) in (Phase.SUCCEEDED, Phase.FAILED)):
+            # Finished and removed (ttlSecondsAfterFinished), or lost before the end: never train again. A child
+            # once created for this job is not made a second time (it may have succeeded unseen).
+            ran_on = _recorded_backend(status)
+            _write_status(namespace, name, lambda current: _status(current, ran_on, None))
             return
-        applied = _applied_spec(pytorchjob)
-        # Without spec.image a job runs the operator's default trainer image as it was when the PyTorchJob was
-        # built (recorded in the applied spec): changing the default later must not change a job's image.
+        applied = _applied_spec(child)
+        # Without spec.image a job runs the operator's default trainer image as it was when the child was built
+        # (recorded in the applied spec): changing the default later must not change a job's image.
         spec = with_image(spec, (applied or {}).get("image") or OPTIONS.default_trainer_image)
         problems = validate_spec(spec, name=name)
         if problems:
-            _refuse(job, Reason.INVALID_SPEC, "; ".join(problems), pytorchjob)
-        if pytorchjob is None and not kube.pytorchjobs_served():
-            _backend_unavailable(job, retry=retry)
+            _refuse(job, Reason.INVALID_SPEC, "; ".join(problems), backend, child)
+        if child is None:
+            backend = _choose_backend(job, spec, retry=retry)
 
         if applied is not None:
-            changed = immutable_changes(applied, spec)
+            changed = immutable_changes(applied, spec, mutable=backend.mutable)
             if changed:
-                _refuse(job, Reason.IMMUTABLE_FIELD_CHANGED,
-                        f"{', '.join(changed)} cannot change after the job is created; revert the change, or "
-                        f"delete the job and create it again", pytorchjob)
+                _refuse(job, Reason.IMMUTABLE_FIELD_CHANGED, _immutable_message(backend, changed), backend, child)
 
         created = []
-        # A job whose PyTorchJob exists runs from the ConfigMap as first written: rendered from the applied spec
-        # and never rewritten (an operator upgrade that renders job.yaml differently must not change what a
-        # running or restarting pod reads).
-        if _ensure_configmap(job, applied if applied is not None else spec, keep_data=pytorchjob is not None):
+        # A job whose child exists runs from the ConfigMap as first written: rendered from the applied spec and
+        # never rewritten (an operator upgrade that renders job.yaml differently must not change what a running
+        # or restarting pod reads).
+        if _ensure_configmap(job, applied if applied is not None else spec, keep_data=child is not None):
             created.append(f"ConfigMap {api.config_map_name(name)}")
-        pytorchjob, made = _ensure_pytorchjob(job, spec, pytorchjob, retry=retry)
+        child, made = _ensure_child(job, backend, spec, child, retry=retry)
         if made:
-            created.append(f"{api.PYTORCHJOB_KIND} {name}")
-        _ensure_workload_active(spec, pytorchjob)
-        fresh = _fresh(pytorchjob, job)
-        _write_status(namespace, name, lambda current: _status(current, fresh, applied=meta.get("generation") or 1))
+            created.append(f"{backend.kind} {name}")
+        _ensure_workload_active(spec, child)
+        fresh = _fresh(backend, child, job)
+        _write_status(namespace, name,
+                      lambda current: _status(current, backend, fresh, applied=meta.get("generation") or 1))
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
@@ -185,27 +184,88 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         outcome = _fail(kube.error_reason(e), kube.retryable(e, delay=5))
         if isinstance(outcome, kopf.PermanentError):
             # The API will never accept what the spec makes (a webhook or schema says no): tell the user.
-            _refuse(job, CHILD_REJECTED, str(outcome), None)
+            _refuse(job, CHILD_REJECTED, str(outcome), backend, None)
         raise outcome from e
 
 
-def _applied_spec(pytorchjob: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The spec a PyTorchJob was built from (image resolved), or None without a PyTorchJob or record."""
-    if pytorchjob is None:
+def _find_child(job: dict[str, Any]) -> tuple[Backend | None, dict[str, Any] | None]:
+    """The backend this job runs on and its child, read from the API. The recorded backend (``status.backend``)
+    when there is one; else every backend the job may use is looked at, so that a child whose creation was not
+    recorded (a status write lost to a crash) is found and adopted instead of being made twice, possibly on the
+    other backend. ``(None, None)`` before any child exists."""
+    meta = job["metadata"]
+    recorded = _recorded_backend(job.get("status") or {})
+    requested = BACKENDS.get((job.get("spec") or {}).get("backend") or "")
+    for backend in [recorded] if recorded else [requested] if requested else list(BACKENDS.values()):
+        child = _read_or_none(functools.partial(kube.get_child, backend), meta["namespace"], meta["name"])
+        if child is not None:
+            return backend, _claim(child, job, backend.kind, functools.partial(kube.patch_child, backend),
+                                   records_spec=True)
+        if recorded:
+            return backend, None
+    return None, None
+
+
+def _recorded_backend(status: dict[str, Any]) -> Backend | None:
+    """The backend a status says the job's child was made on: ``status.backend``, or (a status written before
+    there was a choice) the backend whose child it names."""
+    return BACKENDS.get(status.get("backend") or "") or next(
+        (backend for backend in BACKENDS.values() if status.get(backend.status_key)), None)
+
+
+def _choose_backend(job: dict[str, Any], spec: dict[str, Any], *, retry: int) -> Backend:
+    """The backend a job without a child is created on: what ``spec.backend`` names, or for ``Auto`` what the
+    cluster offers (the operator's preference where it offers both). A TrainJob needs the ClusterTrainingRuntime
+    too, and a job that asks for what the runtime does differently is refused (SpecValid=False)."""
+    requested = spec.get("backend") or api.BackendName.AUTO.value
+    candidates = [BACKENDS[requested]] if requested in BACKENDS else list(BACKENDS.values())
+    served = {backend.name: kube.served(backend) for backend in candidates}
+    runtime = None
+    if served.get(api.BackendName.TRAINJOB.value):
+        try:
+            runtime = kube.get_training_runtime(OPTIONS.training_runtime)
+        except kube.NotFound:
+            pass
+    available = {name: ok and (name != api.BackendName.TRAINJOB.value or runtime is not None)
+                 for name, ok in served.items()}
+    chosen = choose(requested, available, OPTIONS.preferred_backend)
+    if chosen is None:
+        _backend_unavailable(job, unavailable_message(requested, served, OPTIONS.training_runtime), retry=retry)
+    backend = BACKENDS[chosen]
+    conflicts = backend.conflicts(spec, runtime)
+    if conflicts:
+        _refuse(job, Reason.NOT_SUPPORTED_BY_BACKEND, "; ".join(conflicts), None, None)
+    return backend
+
+
+def _immutable_message(backend: Backend, changed: list[str]) -> str:
+    message = (f"{', '.join(changed)} cannot change after the job is created; revert the change, or delete the job "
+               "and create it again")
+    mutable_in_crd = [path for path in changed if path.startswith("spec.runPolicy.")]
+    if mutable_in_crd:
+        message += (f" (on the {backend.name} backend only "
+                    f"{', '.join(f'runPolicy.{f}' for f in sorted(backend.mutable))} may change)")
+    return message
+
+
+def _applied_spec(child: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The spec a child was built from (image resolved), or None without a child or record."""
+    if child is None:
         return None
-    recorded = json.loads((pytorchjob["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
+    recorded = json.loads((child["metadata"].get("annotations") or {}).get(APPLIED_SPEC) or "null")
     return recorded if isinstance(recorded, dict) else None
 
 
-def _fresh(pytorchjob: dict[str, Any] | None, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The PyTorchJob as it is now. Status is computed from a read made after the job's own read, so that a
-    status write racing the mirror handler fails on the job's resourceVersion instead of going stale."""
-    if pytorchjob is None:
+def _fresh(backend: Backend | None, child: dict[str, Any] | None, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The child as it is now. Status is computed from a read made after the job's own read, so that a status
+    write racing the mirror handler fails on the job's resourceVersion instead of going stale."""
+    if child is None or backend is None:
         return None
-    now = _read_or_none(kube.get_pytorchjob, pytorchjob["metadata"]["namespace"], pytorchjob["metadata"]["name"])
+    now = _read_or_none(functools.partial(kube.get_child, backend), child["metadata"]["namespace"],
+                        child["metadata"]["name"])
     if now is not None and _controller_uid(now) != job["metadata"]["uid"]:
         # Replaced between two reads: another job's object must never show on this job's status.
-        raise kopf.TemporaryError(f"{api.PYTORCHJOB_KIND} {pytorchjob['metadata']['name']} changed owner", delay=1)
+        raise kopf.TemporaryError(f"{backend.kind} {child['metadata']['name']} changed owner", delay=1)
     return now
 
 
@@ -222,17 +282,18 @@ def _read_or_none(read: Callable[[str, str], dict[str, Any]], namespace: str, na
         return None
 
 
-def _refuse(job: dict[str, Any], reason: str, message: str, pytorchjob: dict[str, Any] | None = None) -> NoReturn:
-    """Record why the spec cannot be applied (condition SpecValid=False, an Event) and stop retrying. A
-    PyTorchJob that runs anyway (from the spec accepted before) keeps being mirrored into the status."""
+def _refuse(job: dict[str, Any], reason: str, message: str, backend: Backend | None,
+            child: dict[str, Any] | None) -> NoReturn:
+    """Record why the spec cannot be applied (condition SpecValid=False, an Event) and stop retrying. A child
+    that runs anyway (from the spec accepted before) keeps being mirrored into the status."""
     meta = job["metadata"]
     before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.SPEC_VALID) or {}
     transition = before.get("status") != api.CONDITION_FALSE or before.get("message") != message
 
-    fresh = _fresh(pytorchjob, job)
+    fresh = _fresh(backend, child, job)
 
     def compute(current: dict[str, Any]) -> dict[str, Any]:
-        status = _status(current, fresh) if fresh is not None else dict(current.get("status") or {})
+        status = _status(current, backend, fresh) if fresh is not None else dict(current.get("status") or {})
         status["conditions"] = api.set_condition(
             status.get("conditions"), ConditionType.SPEC_VALID, False, reason, message, _now(),
             observed_generation=current["metadata"].get("generation"))
@@ -249,34 +310,37 @@ def _refuse(job: dict[str, Any], reason: str, message: str, pytorchjob: dict[str
     raise error
 
 
-def _backend_unavailable(job: dict[str, Any], *, retry: int) -> NoReturn:
+def _backend_unavailable(job: dict[str, Any], message: str, *, retry: int) -> NoReturn:
     meta = job["metadata"]
-    transition = not api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE) \
-        or api.is_condition_true((job.get("status") or {}).get("conditions"), ConditionType.BACKEND_AVAILABLE)
+    conditions = (job.get("status") or {}).get("conditions")
+    before = api.get_condition(conditions, ConditionType.BACKEND_AVAILABLE) or {}
+    transition = before.get("status") != api.CONDITION_FALSE or before.get("message") != message
 
     def compute(current: dict[str, Any]) -> dict[str, Any]:
-        status = _status(current, None)
+        status = dict(current.get("status") or {})
         status["conditions"] = api.set_condition(
             status.get("conditions"), ConditionType.BACKEND_AVAILABLE, False, Reason.BACKEND_UNAVAILABLE,
-            BACKEND_MISSING, _now(), observed_generation=current["metadata"].get("generation"))
+            message, _now(), observed_generation=current["metadata"].get("generation"))
         if not phase_of(status) or not phase_of(status).is_terminal:
-            status.update(phase=Phase.PENDING.value, reason=Reason.BACKEND_UNAVAILABLE, message=BACKEND_MISSING)
+            status.update(phase=Phase.PENDING.value, reason=Reason.BACKEND_UNAVAILABLE, message=message)
         return status
 
     _write_status(meta["namespace"], meta["name"], compute)
     if transition:
-        kopf.warn(job, reason=Reason.BACKEND_UNAVAILABLE, message=BACKEND_MISSING)
-    raise _fail(Reason.BACKEND_UNAVAILABLE,
-                kopf.TemporaryError(BACKEND_MISSING, delay=OPTIONS.backend_retry_delay(retry)))
+        kopf.warn(job, reason=Reason.BACKEND_UNAVAILABLE, message=message)
+    raise _fail(Reason.BACKEND_UNAVAILABLE, kopf.TemporaryError(message, delay=OPTIONS.backend_retry_delay(retry)))
 
 
-def _status(current: dict[str, Any], pytorchjob: dict[str, Any] | None, *, applied: int | None = None
-            ) -> dict[str, Any]:
-    """The status for the job as it is now. A PyTorchJob proves the backend is there; ``applied`` (the
-    generation whose spec was just applied) clears an earlier SpecValid=False or ChildrenReady=False and becomes
-    ``observedGeneration``, which a mere PyTorchJob event must not touch."""
-    status = status_from_pytorchjob(pytorchjob, current.get("status") or {}, generation=applied, now=_now())
-    own = [(ConditionType.BACKEND_AVAILABLE, Reason.BACKEND_AVAILABLE)] if pytorchjob is not None else []
+def _status(current: dict[str, Any], backend: Backend | None, child: dict[str, Any] | None, *,
+            applied: int | None = None) -> dict[str, Any]:
+    """The status for the job as it is now, on ``backend`` (None: not chosen yet, the status is kept). A child
+    proves the backend is there; ``applied`` (the generation whose spec was just applied) clears an earlier
+    SpecValid=False or ChildrenReady=False and becomes ``observedGeneration``, which a mere child event must not
+    touch."""
+    if backend is None:
+        return dict(current.get("status") or {})
+    status = status_from_child(backend, child, current.get("status") or {}, generation=applied, now=_now())
+    own = [(ConditionType.BACKEND_AVAILABLE, Reason.BACKEND_AVAILABLE)] if child is not None else []
     if applied is not None:
         own += [(ConditionType.SPEC_VALID, Reason.VALID), (ConditionType.CHILDREN_READY, Reason.CHILDREN_READY)]
     for type_, reason in own:
@@ -309,9 +373,11 @@ def _hold(job: dict[str, Any], reason: str, message: str, *, delay: float) -> No
 
 
 def _claim(child: dict[str, Any], job: dict[str, Any], kind: str,
-           patch: Callable[[str, str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+           patch: Callable[[str, str, dict[str, Any]], dict[str, Any]], *, records_spec: bool = False
+           ) -> dict[str, Any]:
     """``child`` when it is this job's: controlled by it already, or an orphan made for it (labelled with its
-    name; a PyTorchJob also with its applied-spec annotation), adopted by adding our owner reference. Anything
+    name; a training job, ``records_spec``, also with its applied-spec annotation), adopted by adding our owner
+    reference. Anything
     else is left untouched and the job waits (``ChildrenReady=False``): for an earlier job's child of the same
     name to be garbage-collected, or for the user to remove an unrelated object."""
     meta, child_meta = job["metadata"], child["metadata"]
@@ -332,12 +398,12 @@ def _claim(child: dict[str, Any], job: dict[str, Any], kind: str,
               f"{controller.get('uid')}), not by this job; it is left untouched: delete it, or give the job another "
               "name", delay=30)
     made_for_us = (child_meta.get("labels") or {}).get(api.LABEL_JOB_NAME) == meta["name"]
-    if kind == api.PYTORCHJOB_KIND:
+    if records_spec:
         made_for_us = made_for_us and _applied_spec(child) is not None
     if not made_for_us:
         _hold(job, Reason.CHILD_CONFLICT,
               f"{what} exists but was not made for this job (it lacks the label {api.LABEL_JOB_NAME}={meta['name']}"
-              f"{' and the annotation ' + APPLIED_SPEC if kind == api.PYTORCHJOB_KIND else ''}); it is left "
+              f"{' and the annotation ' + APPLIED_SPEC if records_spec else ''}); it is left "
               "untouched: delete it, or give the job another name", delay=30)
     adopted = owners + [owner_reference(meta)]
     return patch(meta["namespace"], child_meta["name"], {"metadata": {"ownerReferences": adopted}})
@@ -370,50 +436,48 @@ def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: b
     return False
 
 
-def _ensure_pytorchjob(job: dict[str, Any], spec: dict[str, Any], existing: dict[str, Any] | None, *,
-                       retry: int) -> tuple[dict[str, Any], bool]:
-    """Create the PyTorchJob from ``spec`` (the job's, image resolved), or adopt it and apply changes of the
-    mutable run policy. The applied-spec annotation records ``spec`` with its resolved image."""
+def _ensure_child(job: dict[str, Any], backend: Backend, spec: dict[str, Any], existing: dict[str, Any] | None, *,
+                  retry: int) -> tuple[dict[str, Any], bool]:
+    """Create the backend's child from ``spec`` (the job's, image resolved), or bring an existing one's mutable
+    fields in line (the backend's patch: ``suspend`` when the user changed it, the run-policy limits a PyTorchJob
+    takes). The applied-spec annotation records ``spec`` with its resolved image."""
     meta = job["metadata"]
     applied = json.dumps(spec, sort_keys=True)
     if existing is None:
-        desired = build_pytorchjob(spec, meta)
+        desired = backend.build(spec, meta, runtime=OPTIONS.training_runtime)
         desired["metadata"].setdefault("annotations", {})[APPLIED_SPEC] = applied
         try:
-            created = kube.create_pytorchjob(desired)
-            metrics.CHILDREN_CREATED.labels(kind=api.PYTORCHJOB_KIND).inc()
+            created = kube.create_child(backend, desired)
+            metrics.CHILDREN_CREATED.labels(kind=backend.kind).inc()
             return created, True
         except ApiException as e:
             if e.status == 404:  # the CRD went away between the read and the create
-                _backend_unavailable(job, retry=retry)
+                _backend_unavailable(job, unavailable_message(backend.name, {backend.name: False},
+                                                              OPTIONS.training_runtime), retry=retry)
             if e.status != 409:
                 raise
-            existing = _claim(kube.get_pytorchjob(meta["namespace"], meta["name"]), job, api.PYTORCHJOB_KIND,
-                              kube.patch_pytorchjob)
+            existing = _claim(kube.get_child(backend, meta["namespace"], meta["name"]), job, backend.kind,
+                              functools.partial(kube.patch_child, backend), records_spec=True)
     previous = _applied_spec(existing)
     if previous == spec:
         return existing, False
-    patch = run_policy_patch(spec)
-    was_suspended = ((previous or {}).get("runPolicy") or {}).get("suspend", False)
-    if previous is not None and bool(was_suspended) == bool((spec.get("runPolicy") or {}).get("suspend", False)):
-        # The user did not touch suspend: whatever the PyTorchJob says now is a queue's (Kueue's) decision.
-        del patch["spec"]["runPolicy"]["suspend"]
+    patch = backend.update_patch(previous, spec) or {}
     patch["metadata"] = {"annotations": {APPLIED_SPEC: applied}}
-    return kube.patch_pytorchjob(meta["namespace"], meta["name"], patch), False
+    return kube.patch_child(backend, meta["namespace"], meta["name"], patch), False
 
 
-def _ensure_workload_active(spec: dict[str, Any], pytorchjob: dict[str, Any]) -> None:
+def _ensure_workload_active(spec: dict[str, Any], child: dict[str, Any]) -> None:
     """With a Kueue queue, ``runPolicy.suspend`` also goes through the job's Workload: Kueue un-suspends any job
-    whose Workload is admitted, so a suspended PyTorchJob alone would be started again. ``spec.active: false``
-    makes Kueue evict it and keep it suspended; ``true`` puts it back in the queue. Level-based: a Workload that
-    Kueue creates after the user suspended the job is deactivated at the next reconcile."""
+    whose Workload is admitted, so a suspended child alone would be started again. ``spec.active: false`` makes
+    Kueue evict it and keep it suspended; ``true`` puts it back in the queue. Level-based: a Workload that Kueue
+    creates after the user suspended the job is deactivated at the next reconcile."""
     if not (spec.get("scheduling") or {}).get("queue"):
         return
     active = not (spec.get("runPolicy") or {}).get("suspend", False)
-    meta = pytorchjob["metadata"]
-    for workload in kube.workloads_owned_by(meta["namespace"], meta["uid"]):
+    meta = child["metadata"]
+    for version, workload in kube.workloads_owned_by(meta["namespace"], meta["uid"]):
         if (workload.get("spec") or {}).get("active", True) != active:
-            kube.patch_workload(meta["namespace"], workload["metadata"]["name"], {"spec": {"active": active}})
+            kube.patch_workload(version, meta["namespace"], workload["metadata"]["name"], {"spec": {"active": active}})
 
 
 # ------------------------------------------------------------------------------------------- status
@@ -446,21 +510,20 @@ def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]],
                                                 "was written", delay=1))
 
 
-@kopf.on.event(*PYTORCHJOBS, labels={api.LABEL_JOB_NAME: kopf.PRESENT})
-def mirror_pytorchjob(event: kopf.RawEvent, body: kopf.Body, namespace: str, labels: kopf.Labels,
-                      logger: logging.Logger, **_: Any) -> None:
-    """Every change of a PyTorchJob (Kubeflow's controller, Kueue, TTL deletion) shows on its owner's status.
-    A deletion's event carries the object as it was last: its final conditions are what the run ended with."""
-    pytorchjob = _plain(body)
-    controller = _controller_uid(pytorchjob)
+def mirror_child(backend: Backend, event: kopf.RawEvent, body: kopf.Body, namespace: str, labels: kopf.Labels,
+                 logger: logging.Logger, **_: Any) -> None:
+    """Every change of a child (Kubeflow's controllers, Kueue, TTL deletion) shows on its owner's status. A
+    deletion's event carries the object as it was last: its final conditions are what the run ended with."""
+    child = _plain(body)
+    controller = _controller_uid(child)
     name = labels[api.LABEL_JOB_NAME]
 
     def compute(current: dict[str, Any]) -> dict[str, Any]:
         if current["metadata"].get("uid") != controller or current["metadata"].get("deletionTimestamp"):
-            return current.get("status") or {}  # another (earlier) job's PyTorchJob, or this job is going away
-        status = _status(current, pytorchjob)
+            return current.get("status") or {}  # another (earlier) job's child, or this job is going away
+        status = _status(current, backend, child)
         if event.get("type") == "DELETED" and not (phase_of(status) or Phase.PENDING).is_terminal:
-            status = _status({**current, "status": status}, None)  # gone before the end: PyTorchJobLost
+            status = _status({**current, "status": status}, backend, None)  # gone before the end: lost
         return status
 
     with metrics.reconciling():
@@ -469,7 +532,13 @@ def mirror_pytorchjob(event: kopf.RawEvent, body: kopf.Body, namespace: str, lab
         except kube.API_FAILURES as e:
             # Not lost: the resync timer reconciles this job again; the metric and log say it happened.
             metrics.RECONCILE_ERRORS.labels(reason=kube.error_reason(e)).inc()
-            logger.warning(f"Could not mirror {api.PYTORCHJOB_KIND} {namespace}/{pytorchjob['metadata']['name']}: {e}")
+            logger.warning(f"Could not mirror {backend.kind} {namespace}/{child['metadata']['name']}: {e}")
+
+
+for _backend in BACKENDS.values():
+    # One watch per backend, each only on children labelled for a job; kopf starts it once the CRD exists.
+    kopf.on.event(_backend.group, _backend.version, _backend.plural, labels={api.LABEL_JOB_NAME: kopf.PRESENT},
+                  id=f"mirror_{_backend.plural}")(functools.partial(mirror_child, _backend))
 
 
 @kopf.on.event(*MTJ)

@@ -17,6 +17,7 @@ import urllib3
 from kubernetes.client.rest import ApiException
 
 from kubefusion_operator import api
+from kubefusion_operator.backends import Backend
 
 _lock = threading.Lock()
 REQUEST_TIMEOUT = (10, 60)
@@ -53,16 +54,28 @@ def core() -> kubernetes.client.CoreV1Api:
     return kubernetes.client.CoreV1Api(client())
 
 
-def pytorchjobs_served() -> bool:
-    """Whether the API server serves ``kubeflow.org/v1`` ``pytorchjobs`` (the training operator's CRD)."""
+def served(backend: Backend) -> bool:
+    """Whether the API server serves the backend's resource (``kubeflow.org/v1`` ``pytorchjobs``,
+    ``trainer.kubeflow.org/v1alpha1`` ``trainjobs``): whether its CRD is installed."""
     try:
-        resources = custom().get_api_resources(api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION,
-                                               _request_timeout=REQUEST_TIMEOUT)
+        resources = custom().get_api_resources(backend.group, backend.version, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as e:
         if e.status == 404:
             return False
         raise
-    return any(r.name == api.PYTORCHJOB_PLURAL for r in resources.resources or [])
+    return any(r.name == backend.plural for r in resources.resources or [])
+
+
+def get_training_runtime(name: str) -> dict[str, Any]:
+    """The ClusterTrainingRuntime ``name`` (TrainJobs run on it); :class:`NotFound` when it or its CRD is
+    missing."""
+    try:
+        return custom().get_cluster_custom_object(api.TRAINER_GROUP, api.TRAINER_VERSION,
+                                                  api.CLUSTER_TRAINING_RUNTIMES, name, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as e:
+        if e.status == 404:
+            raise NotFound(f"{api.CLUSTER_TRAINING_RUNTIME_KIND} {name}") from e
+        raise
 
 
 # -------------------------------------------------------------------------------- MultimodalTrainJobs
@@ -88,44 +101,47 @@ def patch_job_status(namespace: str, name: str, status: dict[str, Any], resource
 # ---------------------------------------------------------------------------------------- children
 
 
-def get_pytorchjob(namespace: str, name: str) -> dict[str, Any]:
+def get_child(backend: Backend, namespace: str, name: str) -> dict[str, Any]:
+    """The backend's child (PyTorchJob, TrainJob) ``name``; :class:`NotFound` when it, or its CRD, is missing."""
     try:
-        return custom().get_namespaced_custom_object(api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, namespace,
-                                                     api.PYTORCHJOB_PLURAL, name, _request_timeout=REQUEST_TIMEOUT)
+        return custom().get_namespaced_custom_object(backend.group, backend.version, namespace, backend.plural, name,
+                                                     _request_timeout=REQUEST_TIMEOUT)
     except ApiException as e:
         if e.status == 404:
-            raise NotFound(f"{api.PYTORCHJOB_KIND} {namespace}/{name}") from e
+            raise NotFound(f"{backend.kind} {namespace}/{name}") from e
         raise
 
 
-def create_pytorchjob(body: dict[str, Any]) -> dict[str, Any]:
+def create_child(backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
     return custom().create_namespaced_custom_object(
-        api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, body["metadata"]["namespace"], api.PYTORCHJOB_PLURAL, body,
+        backend.group, backend.version, body["metadata"]["namespace"], backend.plural, body,
         _request_timeout=REQUEST_TIMEOUT)
 
 
-def patch_pytorchjob(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+def patch_child(backend: Backend, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
     return custom().patch_namespaced_custom_object(
-        api.PYTORCHJOB_GROUP, api.PYTORCHJOB_VERSION, namespace, api.PYTORCHJOB_PLURAL, name, patch,
-        _request_timeout=REQUEST_TIMEOUT)
+        backend.group, backend.version, namespace, backend.plural, name, patch, _request_timeout=REQUEST_TIMEOUT)
 
 
-def workloads_owned_by(namespace: str, owner_uid: str) -> list[dict[str, Any]]:
-    """Kueue's Workloads in ``namespace`` whose owner has ``owner_uid``; none when Kueue is not installed."""
-    try:
-        listed = custom().list_namespaced_custom_object(api.KUEUE_GROUP, api.KUEUE_VERSION, namespace,
-                                                        api.KUEUE_WORKLOADS, _request_timeout=REQUEST_TIMEOUT)
-    except ApiException as e:
-        if e.status == 404:
-            return []
-        raise
-    return [item for item in listed.get("items") or []
-            if any(ref.get("uid") == owner_uid for ref in item["metadata"].get("ownerReferences") or [])]
+def workloads_owned_by(namespace: str, owner_uid: str) -> list[tuple[str, dict[str, Any]]]:
+    """Kueue's Workloads in ``namespace`` whose owner has ``owner_uid``, each with the API version it was read
+    at (the newest the cluster serves); none when Kueue is not installed."""
+    for version in api.KUEUE_VERSIONS:
+        try:
+            listed = custom().list_namespaced_custom_object(api.KUEUE_GROUP, version, namespace, api.KUEUE_WORKLOADS,
+                                                            _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as e:
+            if e.status == 404:
+                continue
+            raise
+        return [(version, item) for item in listed.get("items") or []
+                if any(ref.get("uid") == owner_uid for ref in item["metadata"].get("ownerReferences") or [])]
+    return []
 
 
-def patch_workload(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-    return custom().patch_namespaced_custom_object(api.KUEUE_GROUP, api.KUEUE_VERSION, namespace,
-                                                   api.KUEUE_WORKLOADS, name, patch, _request_timeout=REQUEST_TIMEOUT)
+def patch_workload(version: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    return custom().patch_namespaced_custom_object(api.KUEUE_GROUP, version, namespace, api.KUEUE_WORKLOADS, name,
+                                                   patch, _request_timeout=REQUEST_TIMEOUT)
 
 
 def _read_core(read: Any, kind: str, namespace: str, name: str) -> dict[str, Any]:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kubefusion_operator.api import CONCRETE_BACKENDS
+
 ENV_PREFIX = "KUBEFUSION_OPERATOR_"
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass
@@ -21,9 +25,14 @@ class Options:
     metrics_address: str = "0.0.0.0"
     """Address the /metrics endpoint binds (all interfaces in a pod; 127.0.0.1 for local runs)."""
     backend_retry_seconds: float = 15.0
-    """First retry delay while Kubeflow's PyTorchJob CRD is missing; doubles on each retry."""
+    """First retry delay while no backend the job may use is installed; doubles on each retry."""
     backend_retry_max_seconds: float = 300.0
-    """Upper bound of that back-off: the job is picked up at most this long after the CRD appears."""
+    """Upper bound of that back-off: the job is picked up at most this long after the backend appears."""
+    preferred_backend: str = "PyTorchJob"
+    """What ``spec.backend: Auto`` takes where the cluster serves both PyTorchJob and TrainJob (the Helm value
+    ``operator.preferredBackend``)."""
+    training_runtime: str = "kubefusion"
+    """The ClusterTrainingRuntime TrainJobs run on (the chart's ``trainJob.runtime.name``)."""
     resync_seconds: float = 60.0
     """Every job is reconciled again this often (level-based safety net for missed watch events)."""
     watch_timeout_seconds: int = 300
@@ -59,6 +68,12 @@ class Options:
                      "watch_timeout_seconds", "workers", "progress_write_seconds", "progress_stale_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}: must be > 0 (got {getattr(self, name)})")
+        if self.preferred_backend not in CONCRETE_BACKENDS:
+            raise ValueError(f"{ENV_PREFIX}PREFERRED_BACKEND: must be one of {', '.join(CONCRETE_BACKENDS)} "
+                             f"(got {self.preferred_backend!r})")
+        if not _DNS_SUBDOMAIN.fullmatch(self.training_runtime) or len(self.training_runtime) > 253:
+            raise ValueError(f"{ENV_PREFIX}TRAINING_RUNTIME: must be the name of a ClusterTrainingRuntime (a DNS "
+                             f"subdomain) (got {self.training_runtime!r})")
         if any(c.isspace() for c in self.default_trainer_image):
             raise ValueError(f"{ENV_PREFIX}DEFAULT_TRAINER_IMAGE: an image reference has no whitespace "
                              f"(got {self.default_trainer_image!r})")
@@ -78,7 +93,7 @@ class Options:
         return cls(**values)
 
     def backend_retry_delay(self, retry: int) -> float:
-        """Exponential back-off for a missing training operator: base, 2x base, 4x base... up to the cap."""
+        """Exponential back-off for a missing backend: base, 2x base, 4x base... up to the cap."""
         return min(self.backend_retry_seconds * 2 ** min(retry, 20), self.backend_retry_max_seconds)
 
     def to_env(self) -> dict[str, str]:

@@ -1,13 +1,13 @@
-"""A MultimodalTrainJob's status, computed from its PyTorchJob (pure).
+"""A MultimodalTrainJob's status, computed from its child (a PyTorchJob or a TrainJob) (pure).
 
-The PyTorchJob's conditions are mirrored with Kubeflow's own reasons and messages; ``phase`` is the most
-decisive condition that is ``True`` (Failed > Succeeded > Suspended > Restarting > Running > Created), and
-``Pending`` before the PyTorchJob exists or before Kubeflow's training operator has written its status. A
-terminal phase (Succeeded, Failed) never changes again, also when the PyTorchJob is deleted afterwards by
-``ttlSecondsAfterFinished``. A PyTorchJob that existed and is gone before it reported an end fails the job
-(reason ``PyTorchJobLost``) instead of being started again. A mirrored condition the PyTorchJob no longer
-reports is set ``False``. Conditions the operator writes itself (``SpecValid``, ``BackendAvailable``,
-``ChildrenReady``) are carried over untouched.
+The backend module says what its child reports (:meth:`~kubefusion_operator.backends.base.Backend.observe`):
+the mirrored conditions keep Kubeflow's reasons and messages; ``phase`` is the most decisive condition that is
+``True`` (Failed > Succeeded > Suspended > Restarting > Running > Created), and ``Pending`` before the child
+exists or before Kubeflow has written its status. A terminal phase (Succeeded, Failed) never changes again,
+also when the child is deleted afterwards (``ttlSecondsAfterFinished``). A child that existed and is gone
+before it reported an end fails the job (reason ``PyTorchJobLost`` / ``TrainJobLost``) instead of being started
+again. A mirrored condition the child no longer reports is set ``False``. Conditions the operator writes itself
+(``SpecValid``, ``BackendAvailable``, ``ChildrenReady``) are carried over untouched.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from kubefusion_operator import api
 from kubefusion_operator.api import CONDITION_TRUE, ConditionType, Phase, Reason
+from kubefusion_operator.backends import BACKENDS, Backend
 
 _PHASE_ORDER = (
     (ConditionType.FAILED, Phase.FAILED),
@@ -37,108 +38,117 @@ def phase_of(previous: dict[str, Any] | None) -> Phase | None:
         return None
 
 
-def status_from_pytorchjob(
-    pytorchjob: dict[str, Any] | None,
+def backend_of(status: dict[str, Any] | None) -> Backend | None:
+    """The backend recorded in a status dict (``status.backend``), or ``None`` before one was chosen."""
+    return BACKENDS.get((status or {}).get("backend") or "")
+
+
+def status_from_child(
+    backend: Backend,
+    child: dict[str, Any] | None,
     previous: dict[str, Any] | None,
     *,
     generation: int | None,
     now: str,
 ) -> dict[str, Any]:
-    """The new ``status`` of a MultimodalTrainJob.
+    """The new ``status`` of a MultimodalTrainJob that runs on ``backend``.
 
-    ``pytorchjob``: the child as read from the API (``None`` when it does not exist). ``previous``: the current
-    status (``{}`` for a new job). ``generation``: ``metadata.generation`` when the spec of that generation was
-just applied, recorded as ``observedGeneration``; ``None`` (a mere PyTorchJob event) keeps the recorded one.
-    ``now``: an RFC 3339 timestamp for conditions that change without a time of their own.
+    ``child``: the backend's child as read from the API (``None`` when it does not exist). ``previous``: the
+    current status (``{}`` for a new job). ``generation``: ``metadata.generation`` when the spec of that
+    generation was just applied, recorded as ``observedGeneration``; ``None`` (a mere child event) keeps the
+    recorded one. ``now``: an RFC 3339 timestamp for conditions that change without a time of their own.
 
-    Returns ``phase``, ``reason``, ``message`` (why the job is in that phase), ``observedGeneration``,
-    ``conditions``, ``pytorchJob`` (the child's name), ``startTime``, ``completionTime``, ``nodes``,
-    ``gpusPerNode``, ``gpus`` (in the whole job), ``replicaStatuses`` (per replica type: active, succeeded,
-    failed) and the totals ``active``, ``succeeded``, ``failed``. Values are plain JSON types.
+    Returns ``phase``, ``reason``, ``message`` (why the job is in that phase), ``observedGeneration``, ``backend``
+    and the child's name (``pytorchJob`` or ``trainJob``) once the child exists, ``conditions``,
+    ``startTime``, ``completionTime``, ``nodes``, ``gpusPerNode``, ``gpus`` (in the whole job),
+    ``replicaStatuses`` (per replica type: active, succeeded, failed) and the totals ``active``,
+    ``succeeded``, ``failed``. Values are plain JSON types.
     """
     previous = copy.deepcopy(previous or {})
     before = phase_of(previous)
     status: dict[str, Any] = {key: value for key, value in previous.items() if value is not None}
     if generation is not None:
         status["observedGeneration"] = generation
-    if pytorchjob is None:
+    if child is None:
         if before is not None and before.is_terminal:
             return _ordered(status)
-        if status.get("pytorchJob"):
-            return _ordered(_lost(status, now))
-        status.update(phase=Phase.PENDING.value, reason=Reason.CHILD_PENDING,
-                      message=f"{api.PYTORCHJOB_KIND} not created yet")
+        if status.get(backend.status_key):
+            return _ordered(_lost(backend, status, now))
+        status.update(phase=Phase.PENDING.value, reason=backend.pending_reason,
+                      message=f"{backend.kind} not created yet")
         return _ordered(status)
 
-    # A mere PyTorchJob event stamps mirrored conditions with the generation last applied, as a reconcile would
+    # A mere child event stamps mirrored conditions with the generation last applied, as a reconcile would
     # (else the next resync rewrites them only to add it).
-    observed = status.get("observedGeneration")
-    child_status = pytorchjob.get("status") or {}
-    child_name = (pytorchjob.get("metadata") or {}).get("name", status.get("pytorchJob"))
+    observed_generation = status.get("observedGeneration")
+    observed = backend.observe(child)
+    child_name = (child.get("metadata") or {}).get("name", status.get(backend.status_key))
     conditions = list(status.get("conditions") or [])
     reported = set()
-    for condition in child_status.get("conditions") or ():
-        if condition.get("type") not in api.MIRRORED_CONDITION_TYPES:
-            continue
+    for condition in observed.conditions:
         reported.add(condition["type"])
         conditions = api.set_condition(
-            conditions, condition["type"], condition.get("status", api.CONDITION_UNKNOWN),
-            condition.get("reason") or condition["type"], condition.get("message") or "",
-            condition.get("lastTransitionTime") or now, observed_generation=observed,
+            conditions, condition["type"], condition["status"], condition["reason"], condition["message"],
+            condition.get("lastTransitionTime") or now, observed_generation=observed_generation,
         )
     for type_ in api.MIRRORED_CONDITION_TYPES:
         # Kubeflow drops a condition as well as setting it False (Running goes when Restarting comes): a copy it
         # no longer reports must not stay True beside the one that replaced it.
         if type_ not in reported and api.is_condition_true(conditions, type_):
             conditions = api.set_condition(conditions, type_, False, Reason.CONDITION_CLEARED,
-                                           f"{api.PYTORCHJOB_KIND} {child_name} no longer reports {type_}", now,
-                                           observed_generation=observed)
+                                           f"{backend.kind} {child_name} no longer reports {type_}", now,
+                                           observed_generation=observed_generation)
     status["conditions"] = conditions
-    status["pytorchJob"] = child_name
+    status["backend"] = backend.name
+    status[backend.status_key] = child_name
 
-    phase, deciding = _phase(child_status.get("conditions") or ())
+    phase, deciding = _phase(observed.conditions)
     if before is not None and before.is_terminal:
         phase, deciding = before, None  # terminal sticks; the conditions above still show what Kubeflow says
     if deciding is not None:
         status["reason"] = deciding.get("reason") or deciding["type"]
         status["message"] = deciding.get("message") or ""
     elif phase is Phase.PENDING:
-        status["reason"] = Reason.WAITING_FOR_BACKEND
-        status["message"] = (f"{api.PYTORCHJOB_KIND} {status['pytorchJob']} has no status yet; is Kubeflow's "
-                             "training operator running?")
+        status["reason"] = backend.waiting_reason
+        status["message"] = backend.waiting_message.format(name=child_name)
     status["phase"] = phase.value
 
-    for key in ("startTime", "completionTime"):
-        if child_status.get(key):
-            status[key] = child_status[key]
+    for key, value in (("startTime", observed.start_time), ("completionTime", observed.completion_time)):
+        if value:
+            status[key] = value
+    if phase is Phase.RUNNING and not status.get("startTime"):
+        # A child that reports no start time of its own (a TrainJob) started when it was first seen running.
+        status["startTime"] = (api.get_condition(conditions, ConditionType.RUNNING) or {}).get(
+            "lastTransitionTime") or now
     if phase.is_terminal and not status.get("completionTime"):
         terminal = api.get_condition(conditions, phase.value)
         status["completionTime"] = (terminal or {}).get("lastTransitionTime") or now
 
-    status.update(_shape(pytorchjob))
-    status.update(_replica_counts(child_status.get("replicaStatuses") or {}))
+    status.update(nodes=observed.nodes, gpusPerNode=observed.gpus_per_node,
+                  gpus=observed.nodes * observed.gpus_per_node)
+    status.update(_replica_counts(observed.replica_statuses))
     return _ordered(status)
 
 
-def _lost(status: dict[str, Any], now: str) -> dict[str, Any]:
-    """The run's PyTorchJob is gone before it reported an end (deleted by hand, or while nobody watched): the
-    run is over. Re-creating it would silently train again, possibly a run that had already succeeded."""
-    name = status["pytorchJob"]
+def _lost(backend: Backend, status: dict[str, Any], now: str) -> dict[str, Any]:
+    """The run's child is gone before it reported an end (deleted by hand, or while nobody watched): the run is
+    over. Re-creating it would silently train again, possibly a run that had already succeeded."""
+    name = status[backend.status_key]
     was = status.get("phase") or Phase.PENDING.value
-    message = (f"{api.PYTORCHJOB_KIND} {name} was deleted before it reported an end (last seen: {was}); this "
+    message = (f"{backend.kind} {name} was deleted before it reported an end (last seen: {was}); this "
                f"job will not start it again. To train again, delete this {api.KIND} and create it again")
     conditions = list(status.get("conditions") or [])
     for type_ in api.MIRRORED_CONDITION_TYPES:
         if type_ != ConditionType.FAILED and api.is_condition_true(conditions, type_):
-            conditions = api.set_condition(conditions, type_, False, Reason.CHILD_LOST, message, now)
-    conditions = api.set_condition(conditions, ConditionType.FAILED, True, Reason.CHILD_LOST, message, now)
-    status.update(phase=Phase.FAILED.value, reason=Reason.CHILD_LOST, message=message, conditions=conditions,
+            conditions = api.set_condition(conditions, type_, False, backend.lost_reason, message, now)
+    conditions = api.set_condition(conditions, ConditionType.FAILED, True, backend.lost_reason, message, now)
+    status.update(phase=Phase.FAILED.value, reason=backend.lost_reason, message=message, conditions=conditions,
                   completionTime=now)
     return status
 
 
-_KEY_ORDER = ("phase", "reason", "message", "observedGeneration", "pytorchJob", "startTime", "completionTime",
-              "nodes", "gpusPerNode", "gpus", "active", "succeeded", "failed", "replicaStatuses", "conditions")
+_KEY_ORDER = ("phase", "reason", "message", "observedGeneration", "backend", "pytorchJob", "trainJob", "startTime",
+              "completionTime", "nodes", "gpusPerNode", "gpus", "active", "succeeded", "failed", "replicaStatuses", "conditions")
 
 
 def _ordered(status: dict[str, Any]) -> dict[str, Any]:
@@ -155,23 +165,6 @@ def _phase(conditions: Any) -> tuple[Phase, dict[str, Any] | None]:
     return Phase.PENDING, None
 
 
-def _shape(pytorchjob: dict[str, Any]) -> dict[str, int]:
-    """Nodes and GPUs as the PyTorchJob asks for them (what runs, not what the spec asks for now)."""
-    replica_specs = (pytorchjob.get("spec") or {}).get("pytorchReplicaSpecs") or {}
-    nodes = sum(int(s.get("replicas", 1)) for s in replica_specs.values())
-    gpus_per_node = 0
-    master = replica_specs.get(api.REPLICA_MASTER) or next(iter(replica_specs.values()), {})
-    for container in ((master.get("template") or {}).get("spec") or {}).get("containers") or ():
-        if container.get("name") == api.TRAINER_CONTAINER:
-            limits = (container.get("resources") or {}).get("limits") or {}
-            gpus_per_node = int(limits.get(api.GPU_RESOURCE, 0))
-    return {"nodes": nodes, "gpusPerNode": gpus_per_node, "gpus": nodes * gpus_per_node}
-
-
-def _replica_counts(replica_statuses: dict[str, Any]) -> dict[str, Any]:
-    per_type = {
-        replica_type: {key: int((counts or {}).get(key) or 0) for key in _COUNTS}
-        for replica_type, counts in sorted(replica_statuses.items())
-    }
+def _replica_counts(per_type: dict[str, dict[str, int]]) -> dict[str, Any]:
     totals = {key: sum(counts[key] for counts in per_type.values()) for key in _COUNTS}
     return {"replicaStatuses": per_type, **totals}

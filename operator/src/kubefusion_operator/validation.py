@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Collection
 from typing import Any
 
 from kubefusion_operator.api import BUILTIN_PREFIX, URI_RE
@@ -72,15 +73,17 @@ def validate_spec(spec: Any, *, name: str | None = None) -> list[str]:
     return problems
 
 
-def immutable_changes(old_spec: dict[str, Any] | None, new_spec: dict[str, Any] | None) -> list[str]:
+def immutable_changes(old_spec: dict[str, Any] | None, new_spec: dict[str, Any] | None, *,
+                      mutable: Collection[str] | None = None) -> list[str]:
     """Paths (``spec.resources.nodes``) that differ between two specs among the fields fixed at creation.
 
     Everything is fixed except ``runPolicy.suspend``, ``runPolicy.backoffLimit``,
-    ``runPolicy.activeDeadlineSeconds`` and ``runPolicy.ttlSecondsAfterFinished``. Both specs are defaulted
-    first, so writing out a default value explicitly is not a change.
+    ``runPolicy.activeDeadlineSeconds`` and ``runPolicy.ttlSecondsAfterFinished``; ``mutable`` (names of those
+    fields) narrows that to what a backend can carry to its child (a TrainJob takes only ``suspend``). Both specs
+    are defaulted first, so writing out a default value explicitly is not a change.
     """
     changes: list[str] = []
-    _diff(SPEC_FIELDS, with_defaults(old_spec), with_defaults(new_spec), "spec", changes)
+    _diff(SPEC_FIELDS, with_defaults(old_spec), with_defaults(new_spec), "spec", changes, mutable)
     return changes
 
 
@@ -251,7 +254,8 @@ def _check_toleration(toleration: Any, where: str) -> list[str]:
     return problems
 
 
-def _diff(table: dict[str, Any], old: Any, new: Any, path: str, changes: list[str]) -> None:
+def _diff(table: dict[str, Any], old: Any, new: Any, path: str, changes: list[str],
+          mutable: Collection[str] | None) -> None:
     if not isinstance(old, dict) or not isinstance(new, dict):
         if old != new:
             changes.append(path)
@@ -261,6 +265,7 @@ def _diff(table: dict[str, Any], old: Any, new: Any, path: str, changes: list[st
         node = table.get(key)
         where = f"{path}.{key}"
         if isinstance(node, dict):
-            _diff(node, old.get(key), new.get(key), where, changes)
-        elif not (isinstance(node, Field) and node.mutable) and old.get(key) != new.get(key):
+            _diff(node, old.get(key), new.get(key), where, changes, mutable)
+        elif old.get(key) != new.get(key) and not (
+                isinstance(node, Field) and node.mutable and (mutable is None or key in mutable)):
             changes.append(where)

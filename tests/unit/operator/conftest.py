@@ -48,9 +48,21 @@ def meta() -> dict[str, Any]:
     return dict(META)
 
 
+CHART_TRAINER_IMAGE = "registry.example.com/kubefusion-trainer:0.1.0"
+"""The operator's default trainer image in these tests (the chart's trainer.image): examples/job.yaml names none."""
+
+
 @pytest.fixture
 def example_job() -> dict[str, Any]:
     return yaml.safe_load(EXAMPLE_JOB.read_text())
+
+
+@pytest.fixture
+def example_spec(example_job: dict[str, Any]) -> dict[str, Any]:
+    """examples/job.yaml's spec as the operator builds from it: the image filled in from its default."""
+    from kubefusion_operator.builders import with_image
+
+    return with_image(example_job["spec"], CHART_TRAINER_IMAGE)
 
 
 # ---------------------------------------------------------------------- the API server's view of a spec

@@ -11,8 +11,8 @@ import yaml
 
 from kubefusion import config as trainer_config
 from kubefusion_operator import api
-from kubefusion_operator.builders import (build_configmap, build_pytorchjob, run_policy_patch, with_defaults,
-                                         with_image, world_size)
+from kubefusion_operator.backends import build_pytorchjob, run_policy_patch
+from kubefusion_operator.builders import build_configmap, with_defaults, with_image, world_size
 from kubefusion_operator.validation import validate_spec
 
 K8S_VERSION = "1.37.0"
@@ -26,8 +26,8 @@ SUSPENDED_CPU = {
 }
 
 
-def cases(example_job):
-    return {"one-node": ONE_NODE, "two-nodes-pvc": example_job["spec"], "suspended-cpu": SUSPENDED_CPU}
+def cases(example_spec):
+    return {"one-node": ONE_NODE, "two-nodes-pvc": example_spec, "suspended-cpu": SUSPENDED_CPU}
 
 
 def kubeflow_world_size(pytorchjob):
@@ -49,16 +49,16 @@ def container(template, name):
 
 
 @pytest.mark.parametrize("case", ["one-node", "two-nodes-pvc", "suspended-cpu"])
-def test_children_match_golden_files(case, example_job, meta, golden):
-    spec = cases(example_job)[case]
+def test_children_match_golden_files(case, example_spec, meta, golden):
+    spec = cases(example_spec)[case]
     assert validate_spec(spec, name=meta["name"]) == []
     golden(f"{case}.configmap.yaml", build_configmap(spec, meta))
     golden(f"{case}.pytorchjob.yaml", build_pytorchjob(spec, meta))
 
 
 @pytest.mark.parametrize("case", ["one-node", "two-nodes-pvc", "suspended-cpu"])
-def test_children_are_valid_kubernetes_objects(case, example_job, meta):
-    spec = cases(example_job)[case]
+def test_children_are_valid_kubernetes_objects(case, example_spec, meta):
+    spec = cases(example_spec)[case]
     kubernetes_validate.validate(build_configmap(spec, meta), K8S_VERSION, strict=True)
     for template in templates(build_pytorchjob(spec, meta)):
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", **template["metadata"]},
@@ -66,8 +66,8 @@ def test_children_are_valid_kubernetes_objects(case, example_job, meta):
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
 
 
-def test_two_nodes_of_four_gpus_make_a_world_of_eight(example_job, meta):
-    job = build_pytorchjob(example_job["spec"], meta)
+def test_two_nodes_of_four_gpus_make_a_world_of_eight(example_spec, meta):
+    job = build_pytorchjob(example_spec, meta)
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
     assert job["metadata"]["name"] == "products" and job["metadata"]["namespace"] == "ml-team"
@@ -102,8 +102,8 @@ def test_cpu_job_asks_for_no_gpu_and_runs_one_process(meta):
     assert [p["name"] for p in trainer["ports"]] == ["pytorchjob-port"]  # metricsPort 0: no metrics ports
 
 
-def test_pods_run_the_contract_commands(example_job, meta):
-    for template in templates(build_pytorchjob(example_job["spec"], meta)):
+def test_pods_run_the_contract_commands(example_spec, meta):
+    for template in templates(build_pytorchjob(example_spec, meta)):
         init = container(template, "preprocess")
         trainer = container(template, "pytorch")
         assert init["image"] == trainer["image"] == "registry.example.com/kubefusion-trainer:0.1.0"
@@ -116,8 +116,8 @@ def test_pods_run_the_contract_commands(example_job, meta):
         assert template["spec"]["containers"] == [trainer] and template["spec"]["initContainers"] == [init]
 
 
-def test_volumes_follow_the_mount_contract(example_job, meta):
-    template = templates(build_pytorchjob(example_job["spec"], meta))[0]
+def test_volumes_follow_the_mount_contract(example_spec, meta):
+    template = templates(build_pytorchjob(example_spec, meta))[0]
     volumes = {v["name"]: v for v in template["spec"]["volumes"]}
     trainer_mounts = {m["mountPath"]: m for m in container(template, "pytorch")["volumeMounts"]}
     init_mounts = {m["mountPath"]: m for m in container(template, "preprocess")["volumeMounts"]}
@@ -139,8 +139,8 @@ def test_data_volume_is_left_out_without_a_source(meta):
     assert {"checkpoints", "artifacts"} <= {v["name"] for v in template["spec"]["volumes"] if "emptyDir" in v}
 
 
-def test_pods_run_as_non_root_without_privileges(example_job, meta):
-    for template in templates(build_pytorchjob(example_job["spec"], meta)):
+def test_pods_run_as_non_root_without_privileges(example_spec, meta):
+    for template in templates(build_pytorchjob(example_spec, meta)):
         pod_security = template["spec"]["securityContext"]
         assert pod_security["runAsNonRoot"] is True
         assert pod_security["runAsUser"] == pod_security["runAsGroup"] == pod_security["fsGroup"] == 1000
@@ -150,9 +150,9 @@ def test_pods_run_as_non_root_without_privileges(example_job, meta):
             assert security == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def test_children_are_owned_and_labelled(example_job, meta):
-    pytorchjob = build_pytorchjob(example_job["spec"], meta)
-    configmap = build_configmap(example_job["spec"], meta)
+def test_children_are_owned_and_labelled(example_spec, meta):
+    pytorchjob = build_pytorchjob(example_spec, meta)
+    configmap = build_configmap(example_spec, meta)
     for child in (pytorchjob, configmap):
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner == {"apiVersion": "kubefusion.io/v1alpha1", "kind": "MultimodalTrainJob", "name": "products",
@@ -162,11 +162,14 @@ def test_children_are_owned_and_labelled(example_job, meta):
     for template in templates(pytorchjob):
         assert template["metadata"]["labels"]["kubefusion.io/job-name"] == "products"
     with pytest.raises(ValueError, match="uid"):
-        build_pytorchjob(example_job["spec"], {"name": "products"})
+        build_pytorchjob(example_spec, {"name": "products"})
 
 
-def test_scheduling_reaches_the_queue_and_the_pods(example_job, meta):
-    job = build_pytorchjob(example_job["spec"], meta)
+def test_scheduling_reaches_the_queue_and_the_pods(example_spec, meta):
+    # What a PyTorchJob takes per job and a TrainJob from its runtime: the example leaves it out to run on both.
+    spec = {**example_spec, "scheduling": {**example_spec["scheduling"], "priorityClassName": "high"},
+            "runPolicy": {**example_spec["runPolicy"], "ttlSecondsAfterFinished": 3600}}
+    job = build_pytorchjob(spec, meta)
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     policy = job["spec"]["runPolicy"]
     assert policy["schedulingPolicy"] == {"minAvailable": 2, "queue": "team-a", "priorityClass": "high"}
@@ -209,8 +212,8 @@ def trainer_job(configmap):
     return trainer_config.job_from_dict(yaml.safe_load(configmap["data"]["job.yaml"]))
 
 
-def test_configmap_job_yaml_is_what_the_trainer_parses(example_job, meta):
-    configmap = build_configmap(example_job["spec"], meta)
+def test_configmap_job_yaml_is_what_the_trainer_parses(example_spec, meta):
+    configmap = build_configmap(example_spec, meta)
     assert configmap["metadata"]["name"] == "products-config"
     document = yaml.safe_load(configmap["data"]["job.yaml"])
     job = trainer_job(configmap)
@@ -287,19 +290,19 @@ def test_with_image_without_a_default_leaves_the_spec_as_written():
     assert spec == {"data": {"path": "gs://b/p"}}  # the input is not modified
 
 
-def test_builders_do_not_modify_their_input(example_job, meta):
-    spec = yaml.safe_load(yaml.safe_dump(example_job["spec"]))
+def test_builders_do_not_modify_their_input(example_spec, meta):
+    spec = yaml.safe_load(yaml.safe_dump(example_spec))
     build_pytorchjob(spec, meta)
     build_configmap(spec, meta)
     with_defaults(spec)
-    assert spec == example_job["spec"]
+    assert spec == example_spec
 
 
-def test_rendering_is_deterministic(example_job, meta):
-    assert build_pytorchjob(example_job["spec"], meta) == build_pytorchjob(example_job["spec"], meta)
-    text = build_configmap(example_job["spec"], meta)["data"]["job.yaml"]
-    assert text == build_configmap(example_job["spec"], meta)["data"]["job.yaml"]
-    assert "&id" not in yaml.safe_dump(build_pytorchjob(example_job["spec"], meta))  # no shared sub-objects
+def test_rendering_is_deterministic(example_spec, meta):
+    assert build_pytorchjob(example_spec, meta) == build_pytorchjob(example_spec, meta)
+    text = build_configmap(example_spec, meta)["data"]["job.yaml"]
+    assert text == build_configmap(example_spec, meta)["data"]["job.yaml"]
+    assert "&id" not in yaml.safe_dump(build_pytorchjob(example_spec, meta))  # no shared sub-objects
 
 
 def test_operator_package_imports_no_trainer_torch_tensorflow_or_kopf():
@@ -322,12 +325,12 @@ def test_example_job_trains_the_resnet50_bert_base_preset(example_job):
     assert job.preprocessing == preset.preprocessing
     assert job.training == preset.training
     assert (job.resources.nodes, job.resources.gpus_per_node, job.resources.shared_memory) == (2, 4, "32Gi")
-    assert job.scheduling["queue"] and job.scheduling["priorityClassName"]
+    assert job.scheduling["queue"] and job.backend == "Auto"
     assert job.data.source == {"persistentVolumeClaim": {"claimName": "datasets"}}
 
 
-def test_with_defaults_is_idempotent_and_ignores_key_order(example_job):
-    spec = example_job["spec"]
+def test_with_defaults_is_idempotent_and_ignores_key_order(example_spec):
+    spec = example_spec
     reordered = {key: spec[key] for key in reversed(list(spec))}
     assert with_defaults(with_defaults(spec)) == with_defaults(spec)
     assert list(with_defaults(reordered)) == list(with_defaults(spec))

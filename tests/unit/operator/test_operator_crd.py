@@ -14,7 +14,7 @@ import pytest
 
 from kubefusion import config as trainer_config
 from kubefusion_operator import api
-from kubefusion_operator.builders import with_defaults
+from kubefusion_operator.builders import with_defaults, with_image
 from kubefusion_operator.builders.fields import SPEC_FIELDS, Field, walk
 from kubefusion_operator.validation import MULTI_NODE_CHECKPOINTS, immutable_changes, validate_spec
 
@@ -310,7 +310,10 @@ def test_attention_fusion_with_divisible_heads_passes(crd_errors):
 def test_example_job_passes_the_crd_the_operator_and_the_trainer(example_job, crd_errors, root_schema, cel):
     assert example_job["apiVersion"] == api.API_VERSION and example_job["kind"] == api.KIND
     assert crd_errors(example_job["spec"]) == []
-    assert validate_spec(example_job["spec"], name=example_job["metadata"]["name"]) == []
+    assert validate_spec(with_image(example_job["spec"], "registry.example.com/trainer:1"),
+                         name=example_job["metadata"]["name"]) == []
+    # It names no image: it runs the operator's default trainer image (the chart sets one), on either backend.
+    assert "image" not in example_job["spec"]
     trainer_config.job_from_dict(example_job)
     (name_rule,) = root_schema["x-kubernetes-validations"]
     assert cel(name_rule["rule"], root_schema, {"metadata": example_job["metadata"]})

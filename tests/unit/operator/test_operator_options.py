@@ -30,3 +30,21 @@ def test_the_setting_reaches_the_handlers_through_the_environment():
 def test_an_image_with_whitespace_is_refused_naming_the_variable():
     with pytest.raises(ValueError, match="KUBEFUSION_OPERATOR_DEFAULT_TRAINER_IMAGE"):
         Options.from_env({"KUBEFUSION_OPERATOR_DEFAULT_TRAINER_IMAGE": "trainer :1"})
+
+
+def test_backend_preference_and_runtime_come_from_the_chart_and_the_flags_override_them():
+    chart = Options.from_env({"KUBEFUSION_OPERATOR_PREFERRED_BACKEND": "TrainJob",
+                              "KUBEFUSION_OPERATOR_TRAINING_RUNTIME": "ml-kubefusion"})
+    assert (chart.preferred_backend, chart.training_runtime) == ("TrainJob", "ml-kubefusion")
+    assert (Options().preferred_backend, Options().training_runtime) == ("PyTorchJob", "kubefusion")
+    args = build_parser(chart).parse_args(["--preferred-backend", "PyTorchJob", "--training-runtime", "other"])
+    assert (args.preferred_backend, args.training_runtime) == ("PyTorchJob", "other")
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"KUBEFUSION_OPERATOR_PREFERRED_BACKEND": "Auto"}, "KUBEFUSION_OPERATOR_PREFERRED_BACKEND"),
+    ({"KUBEFUSION_OPERATOR_TRAINING_RUNTIME": "Kube_Fusion"}, "KUBEFUSION_OPERATOR_TRAINING_RUNTIME"),
+])
+def test_a_bad_backend_setting_is_refused_naming_the_variable(env, variable):
+    with pytest.raises(ValueError, match=variable):
+        Options.from_env(env)

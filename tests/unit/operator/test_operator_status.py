@@ -9,12 +9,16 @@ import pytest
 
 from kubefusion_operator import api
 from kubefusion_operator.api import Phase
-from kubefusion_operator.builders import build_pytorchjob
-from kubefusion_operator.status import phase_of, status_from_pytorchjob
+from kubefusion_operator.backends import PYTORCHJOB, build_pytorchjob
+from kubefusion_operator.status import phase_of, status_from_child
 
 META = {"name": "products", "namespace": "ml-team", "uid": "u-1"}
 SPEC = {"image": "x", "resources": {"nodes": 2, "gpusPerNode": 4}}
 NOW = "2026-11-26T23:00:00Z"
+
+
+def status_from_pytorchjob(child, previous, **kwargs):
+    return status_from_child(PYTORCHJOB, child, previous, **kwargs)
 
 
 def cond(type_, status="True", reason=None, message="", at="2026-11-26T22:00:00Z"):
@@ -51,7 +55,7 @@ def test_phase_follows_the_most_decisive_true_condition(conditions, phase):
 def test_no_pytorchjob_yet_is_pending():
     status = status_from_pytorchjob(None, {}, generation=1, now=NOW)
     assert status["phase"] == "Pending"
-    assert status["reason"] == api.Reason.CHILD_PENDING
+    assert status["reason"] == PYTORCHJOB.pending_reason
     assert status["observedGeneration"] == 1
 
 
@@ -59,7 +63,7 @@ def test_pytorchjob_without_status_points_at_the_training_operator():
     job = build_pytorchjob(SPEC, META)
     status = status_from_pytorchjob(job, {}, generation=1, now=NOW)
     assert status["phase"] == "Pending"
-    assert status["reason"] == api.Reason.WAITING_FOR_BACKEND
+    assert status["reason"] == PYTORCHJOB.waiting_reason
     assert "training operator" in status["message"]
     assert status["pytorchJob"] == "products"
 

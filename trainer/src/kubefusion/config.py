@@ -27,6 +27,8 @@ API_VERSION = "kubefusion.io/v1alpha1"
 KIND = "MultimodalTrainJob"
 
 MODALITIES = ("image", "text", "numeric")
+BACKENDS = ("Auto", "PyTorchJob", "TrainJob")
+"""``spec.backend`` values (the operator's ``api.BackendName``)."""
 """Fixed modality order: the modality mask, ablations and ONNX inputs all use it."""
 
 
@@ -334,6 +336,9 @@ class JobConfig:
     """``metadata.namespace``: where the operator creates the job's objects."""
     image: str | None = None
     """``spec.image``: the trainer image; None means the operator's default trainer image."""
+    backend: str = "Auto"
+    """``spec.backend``: the Kubeflow API the operator runs the job on (Auto, PyTorchJob or TrainJob); the
+    operator's concern (a local run ignores it), checked here so a typo fails in ``--local`` runs too."""
     data: DataConfig = field(default_factory=DataConfig)
     """``spec.data``: where the dataset is, its layout, bad-record policies and splits."""
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
@@ -360,6 +365,7 @@ class JobConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.name) or len(self.name) > 63:
             _fail("metadata.name", f"must be a DNS-1123 label of at most 63 characters (got {self.name!r})")
+        _one_of("spec.backend", self.backend, BACKENDS)
 
     # ---- derived paths ------------------------------------------------------------------------------
 
@@ -494,7 +500,7 @@ def job_from_dict(doc: dict[str, Any], *, base_dir: str | Path = ".") -> JobConf
     spec = dict(doc.get("spec") or {})
     top = {}
     for key in ("data", "preprocessing", "model", "training", "resources", "monitoring", "scheduling",
-                "runPolicy", "storage", "image"):
+                "runPolicy", "storage", "image", "backend"):
         if key in spec:
             top[key] = spec.pop(key)
     if spec:

@@ -11,7 +11,7 @@ from kubefusion_operator import api
 from kubefusion_operator.builders.common import child_metadata, job_name, job_namespace
 from kubefusion_operator.builders.defaults import with_defaults
 
-OPERATOR_ONLY_FIELDS = ("scheduling", "runPolicy", "storage")
+OPERATOR_ONLY_FIELDS = ("backend", "scheduling", "runPolicy", "storage")
 """Spec fields only the operator reads; leaving them out of ``job.yaml`` keeps the trainer's view stable
 when ``runPolicy.suspend`` or a limit changes."""
 

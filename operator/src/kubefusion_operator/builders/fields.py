@@ -37,7 +37,8 @@ class Field:
     min_items: int | None = None
     max_items: int | None = None
     mutable: bool = False
-    """May change after the job is created (``runPolicy`` limits and ``suspend``)."""
+    """May change after the job is created (``runPolicy`` limits and ``suspend``), where the backend can carry the
+    change to a running child (a TrainJob only takes ``suspend``)."""
 
     @property
     def has_default(self) -> bool:
@@ -68,6 +69,7 @@ QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numk
 
 SPEC_FIELDS: dict[str, Any] = {
     "image": _str(required=True, min_length=1),
+    "backend": _str("Auto", enum=("Auto", "PyTorchJob", "TrainJob")),
     "data": {
         "path": _str("builtin:demo", min_length=1),
         "demoSamples": _int(4000),
