@@ -543,14 +543,21 @@ def test_the_mapping_is_pure_and_the_endpoint_needs_no_trainer():
     assert out.stdout.splitlines() == ["", ""]
 
 
-def test_mirroring_the_backend_keeps_the_progress_fields():
-    from kubefusion_operator.status import status_from_pytorchjob
+@pytest.mark.parametrize("backend_name, child", [
+    ("PyTorchJob", {"metadata": {"name": "products"}, "spec": {"pytorchReplicaSpecs": {}}, "status": {
+        "conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}}),
+    ("TrainJob", {"metadata": {"name": "products"}, "spec": {"trainer": {"numNodes": 1}}, "status": {
+        "conditions": [{"type": "Complete", "status": "True", "reason": "AllJobsCompleted"}]}}),
+])
+def test_mirroring_the_backend_keeps_the_progress_fields(backend_name, child):
+    from kubefusion_operator.backends import BACKENDS
+    from kubefusion_operator.status import status_from_child
 
+    backend = BACKENDS[backend_name]
     progress = status_fields(parse_report(trainer_report(finished=True)), received=RECEIVED)
-    previous = {"phase": "Running", "pytorchJob": "products", **progress}
-    child = {"metadata": {"name": "products"}, "spec": {"pytorchReplicaSpecs": {}},
-             "status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}}
-    for pytorchjob in (child, None):  # mirrored, then the child deleted by its TTL
-        status = status_from_pytorchjob(pytorchjob, previous, generation=None, now=RECEIVED)
+    previous = {"phase": "Running", "backend": backend.name, backend.status_key: "products", **progress}
+    for observed in (child, None):  # mirrored, then the child deleted by its TTL
+        status = status_from_child(backend, observed, previous, generation=None, now=RECEIVED)
+        assert status["phase"] == "Succeeded"
         assert {k: status.get(k) for k in SECTIONS} == progress
         previous = status
