@@ -24,6 +24,19 @@ def test_table_output(demo_dataset, capsys):
     assert "joined 300 (complete 300)" in out and "bad records: none" in out and "OOD" not in out
 
 
+def test_a_small_dataset_is_pointed_at_the_pretrained_preset(demo_dataset, capsys, monkeypatch):
+    from kubefusion.data import validate
+
+    assert main(["data", "validate", str(demo_dataset), "--no-ood"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "hint: 300 records is little to train encoders from scratch on; start from examples/own-data-job.yaml")
+    assert main(["data", "validate", str(demo_dataset), "--no-ood", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["suggested_preset"] == "small_pretrained"
+    monkeypatch.setattr(validate, "SMALL_DATASET", 300)  # 300 records is then plenty: no hint
+    assert main(["data", "validate", str(demo_dataset), "--no-ood"]) == 0
+    assert "hint" not in capsys.readouterr().out
+
+
 def _broken(src, tmp_path):
     root = tmp_path / "broken"
     shutil.copytree(src, root)

@@ -191,6 +191,10 @@ def _cross_field(spec: dict[str, Any]) -> list[str]:
     if fusion["type"] == "attention" and fusion["hidden"] % fusion["heads"]:
         problems.append(f"spec.model.fusion.heads: must divide hidden={fusion['hidden']} for attention fusion "
                         f"(got {fusion['heads']})")
+    training = spec["training"]
+    if training["frozenBackboneEpochs"] >= training["epochs"]:
+        problems.append(f"spec.training.frozenBackboneEpochs: must be below epochs={training['epochs']} (got "
+                        f"{training['frozenBackboneEpochs']}); for backbones frozen throughout set model.*.freeze")
     port = spec["monitoring"]["metricsPort"]
     if 0 < port < 1024:
         problems.append(f"spec.monitoring.metricsPort: must be 0 (off) or in [1024, 65000] (got {port})")

@@ -5,8 +5,9 @@ The same document drives the cluster (the operator hands it to the pods in a Con
 Every dataclass validates itself in ``__post_init__`` so a bad value is reported with its YAML path
 (``spec.training.precision``) before any process starts.
 
-Named presets are plain functions returning a ``JobConfig``: :func:`demo` (small, CPU, built-in demo data)
-and :func:`resnet50_bert_base` (the article's setting: ResNet-50 + BERT-base, 4 GPUs, bf16).
+Named presets are plain functions returning a ``JobConfig``: :func:`demo` (small, CPU, built-in demo data),
+:func:`small_pretrained` (your own data: EfficientNet-Lite0 + MiniLM, pretrained, offline) and
+:func:`resnet50_bert_base` (the article's setting: ResNet-50 + BERT-base, 4 GPUs, bf16).
 
 Pure: no I/O except :func:`load_job_file`, which reads one file and calls :func:`job_from_dict`.
 """
@@ -196,6 +197,11 @@ class FusionConfig:
     """Transformer layers (``attention`` fusion only)."""
     heads: int = 4
     """Attention heads (``attention`` fusion only); must divide ``hidden``."""
+    unimodal_loss_weight: float = 0.0
+    """Against one modality crowding out the others: every modality's embedding also feeds its own linear
+    classifier, trained on that modality alone with this weight on its cross-entropy (added to the fused loss),
+    so each encoder keeps learning what only it can tell even when another modality already fits the training
+    labels. The extra heads are used in training only (not in the exported model). 0 disables them."""
 
     def __post_init__(self) -> None:
         _one_of("spec.model.fusion.type", self.type, ("concat", "gated", "attention"))
@@ -204,6 +210,7 @@ class FusionConfig:
         _fraction("spec.model.fusion.modalityDropout", self.modality_dropout)
         _positive("spec.model.fusion.layers", self.layers)
         _positive("spec.model.fusion.heads", self.heads)
+        _positive("spec.model.fusion.unimodalLossWeight", self.unimodal_loss_weight, allow_zero=True)
         if self.type == "attention" and self.hidden % self.heads:
             _fail("spec.model.fusion.heads", f"must divide hidden={self.hidden} (got {self.heads})")
 
@@ -242,6 +249,10 @@ class TrainingConfig:
     """Peak AdamW learning rate of the fusion head and the from-scratch parts."""
     encoder_lr_multiplier: float = 0.1
     """Pretrained encoders train at ``learning_rate * encoder_lr_multiplier``."""
+    frozen_backbone_epochs: int = 0
+    """Warm-up: for this many first epochs the pretrained backbones stay frozen (in eval mode, no gradients) while
+    the pooling, projections, fusion and head learn; then they train at the encoder learning rate. Random-init
+    backbones are never held back; ``freeze: true`` backbones stay frozen throughout."""
     weight_decay: float = 0.01
     """AdamW weight decay (not applied to biases and norms)."""
     warmup_fraction: float = 0.05
@@ -279,6 +290,10 @@ class TrainingConfig:
         _positive("spec.training.batchSizePerGPU", self.batch_size_per_gpu)
         _positive("spec.training.learningRate", self.learning_rate)
         _positive("spec.training.encoderLrMultiplier", self.encoder_lr_multiplier, allow_zero=True)
+        _positive("spec.training.frozenBackboneEpochs", self.frozen_backbone_epochs, allow_zero=True)
+        if self.frozen_backbone_epochs >= self.epochs:
+            _fail("spec.training.frozenBackboneEpochs", f"must be below epochs={self.epochs} (got "
+                  f"{self.frozen_backbone_epochs}); for backbones frozen throughout set model.*.freeze: true")
         _positive("spec.training.weightDecay", self.weight_decay, allow_zero=True)
         _fraction("spec.training.warmupFraction", self.warmup_fraction)
         _one_of("spec.training.precision", self.precision, ("bf16", "fp16", "fp32"))
@@ -588,4 +603,31 @@ def resnet50_bert_base(data_path: str = "products/") -> JobConfig:
     )
 
 
-PRESETS = {"demo": demo, "resnet50_bert_base": resnet50_bert_base}
+def small_pretrained(data_path: str = "data/") -> JobConfig:
+    """Your own data, a few thousand records: pretrained encoders that install with the package and load
+    offline (EfficientNet-Lite0 at the 224 px it was trained at, MiniLM-L6 with mean pooling as it was trained),
+    concatenation fusion with unimodal heads against one modality crowding out the others, and a fine-tuning
+    recipe for small data: two epochs with the backbones frozen while the new layers learn to read them, then
+    the backbones at 1/20 of the head's learning rate. fp32 and 2 processes: minutes on 2 CPU cores, and the
+    same file runs on GPUs. examples/own-data-job.yaml spells out the same values (a test keeps them equal)."""
+    return JobConfig(
+        name="own-data",
+        data=DataConfig(path=data_path, validation_fraction=0.1, test_fraction=0.2,
+                        source={"persistentVolumeClaim": {"claimName": "datasets"}}),
+        preprocessing=PreprocessingConfig(image_size=224, tokenizer="builtin:minilm", max_tokens=64),
+        model=ModelConfig(
+            vision=VisionConfig(backbone="builtin:efficientnet-lite0", pretrained=True, pooling="attention"),
+            text=TextConfig(backbone="builtin:minilm", pretrained=True, pooling="mean"),
+            numeric=NumericConfig(hidden=[64, 64], dropout=0.1),
+            fusion=FusionConfig(type="concat", hidden=256, dropout=0.3, modality_dropout=0.2,
+                                unimodal_loss_weight=0.5),
+            embed_dim=128,
+        ),
+        training=TrainingConfig(epochs=4, frozen_backbone_epochs=2, batch_size_per_gpu=16, learning_rate=1e-3,
+                                encoder_lr_multiplier=0.05, warmup_fraction=0.1, precision="fp32",
+                                checkpoint_every_steps=100, baselines=True),
+        resources=ResourcesConfig(nodes=1, gpus_per_node=2, shared_memory="2Gi"),
+    )
+
+
+PRESETS = {"demo": demo, "resnet50_bert_base": resnet50_bert_base, "small_pretrained": small_pretrained}

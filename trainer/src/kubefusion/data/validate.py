@@ -4,7 +4,8 @@ policies), without training. Imports TensorFlow (for tf.io.gfile and image decod
 Output: a table (counts per modality, joined records, missing per modality, bad records by reason with the first
 example of each, class balance), or with ``--json`` one JSON object: the scan report
 (:meth:`~kubefusion.data.records.ScanReport.to_dict`: keys ``joined``, ``missing``, ``bad``, ``class_balance``,
-...) plus ``ok``, and ``ood`` (the same report for the OOD folder, or null).
+...) plus ``ok``, ``ood`` (the same report for the OOD folder, or null) and ``suggested_preset``
+(``small_pretrained`` below :data:`SMALL_DATASET` joined records, else null; the table prints it as a hint).
 
 The OOD folder (``--ood``, default ``DIR/ood`` when it exists) is validated too, with the classes of ``DIR``
 (a label there outside them is a bad record), and reported separately; ``--no-ood`` skips it.
@@ -23,6 +24,13 @@ from typing import Any
 
 from kubefusion.config import MODALITIES, DataConfig
 from kubefusion.errors import DataError
+
+SMALL_DATASET = 20_000
+"""Below this many joined records, encoders trained from scratch have too little to learn from: validate
+suggests the pretrained own-data preset."""
+SMALL_DATASET_HINT = ("hint: {n} records is little to train encoders from scratch on; start from "
+                      "examples/own-data-job.yaml (pretrained EfficientNet-Lite0 + MiniLM that load offline, a "
+                      "frozen warm-up, unimodal heads; config.small_pretrained()) and set its spec.data.path")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"ok": False, "error": str(exc)}))
         raise
     nothing = [str(r.report.root) for r in (main, ood) if r is not None and r.report.joined == 0]
+    small = 0 < main.report.joined < SMALL_DATASET
     summary = {**main.report.to_dict(), "classes": main.classes, "numeric_columns": main.numeric_columns,
-               "ok": not nothing, "ood": ood.report.to_dict() if ood is not None else None}
+               "ok": not nothing, "ood": ood.report.to_dict() if ood is not None else None,
+               "suggested_preset": "small_pretrained" if small else None}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -64,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         if ood is not None:
             print()
             print(render(ood.report.to_dict(), title="OOD dataset"))
+        if small:
+            print()
+            print(SMALL_DATASET_HINT.format(n=main.report.joined))
     if nothing:
         print(f"error: no record joins in {', '.join(nothing)} (see the counts above)", file=sys.stderr)
         return 1

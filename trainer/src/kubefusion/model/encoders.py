@@ -51,6 +51,12 @@ class _BackboneEncoder(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
+    def unfreeze_backbone(self) -> None:
+        """End of a frozen warm-up (``spec.training.frozenBackboneEpochs``): the backbone trains again."""
+        self.frozen = False
+        self.backbone.requires_grad_(True)
+        self.backbone.train(self.training)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen:

@@ -44,7 +44,7 @@ from kubefusion.train.data import TrainingData
 from kubefusion.train.distributed import (Runtime, all_reduce_sum, barrier, broadcast_object, distributed,
                                          sync_buffers)
 from kubefusion.train.evaluate import evaluate
-from kubefusion.train.optim import build_optimizer, build_scheduler, freeze_backbones
+from kubefusion.train.optim import build_optimizer, build_scheduler, freeze_backbones, warmup_frozen_encoders
 from kubefusion.train.prefetch import BatchPreparer
 from kubefusion.train.progress import Progress
 
@@ -110,6 +110,14 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, valid: torc
     return (per_sample * valid).sum() / valid.sum().clamp(min=1)
 
 
+def unimodal_loss(unimodal_logits: torch.Tensor, in_data: torch.Tensor, labels: torch.Tensor,
+                  valid: torch.Tensor) -> torch.Tensor:
+    """Mean over modalities of each unimodal head's loss on the rows where that modality is in the data."""
+    losses = [masked_cross_entropy(unimodal_logits[:, i], labels, valid & in_data[:, i])
+              for i in range(unimodal_logits.shape[1])]
+    return torch.stack(losses).mean()
+
+
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -138,7 +146,11 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
                         modalities=stage.modalities)
     freeze_backbones(model, job.model)
     model.to(rt.device)
+    # Built before the warm-up freezes anything, so the held-back backbones are in it from the start; AdamW
+    # skips a parameter until it has a gradient.
     optimizer = build_optimizer(model, job.model, training)
+    held_back = warmup_frozen_encoders(model, job.model, training)
+    unimodal_weight = job.model.fusion.unimodal_loss_weight if model.unimodal_heads is not None else 0.0
     batches_per_epoch, _, total_steps = stage_steps(data, training)
     scheduler = build_scheduler(optimizer, total_steps, training)
     autocast, scaler = precision_setup(training.precision, rt.device)
@@ -170,8 +182,20 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
             log.info("[%s] resuming from %s (step %d of %d, epoch %d, batch %d)", stage.name, chosen, step,
                      total_steps, epoch + 1, batch_in_epoch)
 
-    ddp = DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None) \
-        if distributed() else model
+    def wrap_for_epoch(epoch: int):
+        """The model as this epoch trains it: backbones held back during the frozen warm-up, and a DDP wrapper
+        made afresh when that changes (DDP only syncs the parameters that required gradients when it was made)."""
+        frozen = epoch < training.frozen_backbone_epochs
+        for encoder in held_back:
+            encoder.freeze_backbone() if frozen else encoder.unfreeze_backbone()
+        if held_back and rt.is_main and epoch == training.frozen_backbone_epochs and epoch > 0:
+            log.info("[%s] epoch %d: pretrained backbones unfrozen after the warm-up", stage.name, epoch + 1)
+        if not distributed():
+            return model
+        return DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+
+    ddp = wrap_for_epoch(epoch)
+    wrapped_frozen = epoch < training.frozen_backbone_epochs
 
     def snapshot(next_epoch: int, next_batch: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -200,8 +224,14 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
             last = micro == micro_batches - 1
             with contextlib.nullcontext() if last or ddp is model else ddp.no_sync():
                 with autocast():
-                    logits = ddp(**inputs)
-                loss = masked_cross_entropy(logits, labels, valid) / micro_batches
+                    if unimodal_weight:
+                        logits, unimodal_logits, in_data = ddp(**inputs, return_unimodal=True)
+                    else:
+                        logits = ddp(**inputs)
+                loss = masked_cross_entropy(logits, labels, valid)
+                if unimodal_weight:
+                    loss = loss + unimodal_weight * unimodal_loss(unimodal_logits, in_data, labels, valid)
+                loss = loss / micro_batches
                 scaler.scale(loss).backward()
             result.add(loss.detach(), logits.detach(), labels, valid)  # stays on the device: no sync
         if training.grad_clip > 0:
@@ -219,6 +249,8 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     # ---- the loop ---------------------------------------------------------------------------------------
     model.train()
     while epoch < training.epochs:
+        if (epoch < training.frozen_backbone_epochs) != wrapped_frozen:
+            ddp, wrapped_frozen = wrap_for_epoch(epoch), not wrapped_frozen
         stream = session.prepare.stream(data.batches("train", epoch=epoch, skip=batch_in_epoch,
                                                     limit=batches_per_epoch))
         while batch_in_epoch < batches_per_epoch:

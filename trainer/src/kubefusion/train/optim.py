@@ -24,6 +24,17 @@ def freeze_backbones(model: MultimodalClassifier, spec: ModelConfig) -> None:
             encoder.freeze_backbone()
 
 
+def warmup_frozen_encoders(model: MultimodalClassifier, spec: ModelConfig, training: TrainingConfig) -> list:
+    """Encoders whose pretrained backbone sits out the first ``frozen_backbone_epochs`` (a new head on top of
+    a pretrained network first learns to read it; large random-head gradients would otherwise damage the
+    pretrained layers in the first steps). Random-init and ``freeze: true`` backbones are left alone."""
+    if training.frozen_backbone_epochs <= 0:
+        return []
+    held = {"image": spec.vision.pretrained and not spec.vision.freeze,
+            "text": spec.text.pretrained and not spec.text.freeze}
+    return [enc for m, enc in model.encoders.items() if held.get(m) and hasattr(enc, "backbone")]
+
+
 def build_optimizer(model: MultimodalClassifier, spec: ModelConfig, training: TrainingConfig) -> torch.optim.AdamW:
     pretrained = {"image": spec.vision.pretrained, "text": spec.text.pretrained}
     slow_ids = {id(p) for m, enc in model.encoders.items()
