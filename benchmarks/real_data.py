@@ -218,6 +218,12 @@ def job_document(data: Path, *, image_size: int | None, unimodal_loss_weight: fl
     return doc
 
 
+def job_from_doc(doc: dict[str, Any]):
+    from kubefusion.config import job_from_dict
+
+    return job_from_dict(doc)
+
+
 def run_kubefusion(doc: dict[str, Any], out: Path, name: str) -> tuple[dict[str, Any], float]:
     """``kubefusion run JOB --local`` as a user runs it; returns results.json and the wall time."""
     out.mkdir(parents=True, exist_ok=True)
@@ -283,9 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package", type=Path, default=None, help="an unpacked emoji-datasource-google")
     args = parser.parse_args(argv)
 
-    from kubefusion.config import job_from_dict
-
     started = time.perf_counter()
+    args.out = args.out.resolve()  # the job files written there name the data by absolute path
     package = args.package or package_dir()
     data = args.out / "data"
     counts = build_dataset(package, data, limit=args.limit)
@@ -293,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
 
     remedy_doc = job_document(data, image_size=args.image_size, unimodal_loss_weight=None, baselines=True,
                               epochs=args.epochs)
-    job = job_from_dict(remedy_doc)
+    job = job_from_doc(remedy_doc)
     t0 = time.perf_counter()
     sk = sklearn_baselines(data, job)
     sklearn_s = time.perf_counter() - t0
+    print(f"scikit-learn ({sklearn_s:.0f} s): " + ", ".join(f"{k} {100 * v['test']:.2f}" for k, v in sk.items()),
+          flush=True)
     remedy, remedy_s = run_kubefusion(remedy_doc, args.out, "remedy")
     remedy["unimodal_loss_weight"] = job.model.fusion.unimodal_loss_weight
     plain, plain_s = None, None

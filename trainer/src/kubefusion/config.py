@@ -137,7 +137,8 @@ class PreprocessingConfig:
 @dataclass
 class VisionConfig:
     backbone: str = "microsoft/resnet-50"
-    """Hugging Face vision backbone: a local folder, a cached hub name, or a built-in config name
+    """Vision backbone: ``builtin:efficientnet-lite0`` / ``builtin:efficientnet-lite2`` (ImageNet weights that
+    install with the trainer), a Hugging Face model folder, a cached hub name, or a built-in config name
     (``microsoft/resnet-50``, ``builtin:resnet-tiny``) when ``pretrained`` is false."""
     pretrained: bool = True
     """Load weights from the local path/cache (fails clearly if absent); false builds random weights."""
