@@ -215,6 +215,8 @@ def job_document(data: Path, *, image_size: int | None, unimodal_loss_weight: fl
         spec["training"]["epochs"] = epochs
         spec["training"]["frozenBackboneEpochs"] = min(spec["training"].get("frozenBackboneEpochs", 0), epochs - 1)
     spec.setdefault("monitoring", {})["metricsPort"] = 0
+    # The runs are timed as training runs; `kubefusion export` of the result is measured on its own.
+    spec["training"]["exportOnnx"] = False
     return doc
 
 

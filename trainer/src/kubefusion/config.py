@@ -610,7 +610,9 @@ def small_pretrained(data_path: str = "data/") -> JobConfig:
     concatenation fusion with unimodal heads against one modality crowding out the others, and a fine-tuning
     recipe for small data: two epochs with the backbones frozen while the new layers learn to read them, then
     the backbones at 1/20 of the head's learning rate. fp32 and 2 processes: minutes on 2 CPU cores, and the
-    same file runs on GPUs. examples/own-data-job.yaml spells out the same values (a test keeps them equal)."""
+    same file runs on GPUs. No ONNX export at the end (minutes on CPU for these encoders): ``kubefusion
+    export`` when the model is to be served. examples/own-data-job.yaml spells out the same values (a test keeps
+    them equal)."""
     return JobConfig(
         name="own-data",
         data=DataConfig(path=data_path, validation_fraction=0.1, test_fraction=0.2,
@@ -626,7 +628,7 @@ def small_pretrained(data_path: str = "data/") -> JobConfig:
         ),
         training=TrainingConfig(epochs=4, frozen_backbone_epochs=2, batch_size_per_gpu=16, learning_rate=1e-3,
                                 encoder_lr_multiplier=0.05, warmup_fraction=0.1, precision="fp32",
-                                checkpoint_every_steps=100, baselines=True),
+                                checkpoint_every_steps=100, baselines=True, export_onnx=False),
         resources=ResourcesConfig(nodes=1, gpus_per_node=2, shared_memory="2Gi"),
     )
 
