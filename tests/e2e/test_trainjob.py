@@ -112,12 +112,15 @@ def test_suspend_and_resume_patch_only_spec_suspend_and_keep_kueues_patch(
         'spec': {'suspend': True, 'runtimePatches': trainjob['spec']['runtimePatches'] + [kueue_patch]}})
     cluster.trainer_reports('held', conditions=(SUSPENDED,), active=0)
     queued = cluster.wait_phase('held', 'Suspended')
-    assert queued['status']['reason'] == 'Suspended'
+    assert queued['status']['reason'] == 'Queued'
+    assert 'waiting for Kueue to admit it through LocalQueue team-a' in queued['status']['message']
+    assert (condition(queued, 'Admitted')['status'], condition(queued, 'Admitted')['reason']) == ('False', 'Queued')
     trainer_operator.wait_resync()  # the operator does not fight the queue
     assert cluster.trainjob('held')['spec']['suspend'] is True
     workload = cluster.kueue_admits(cluster.trainjob('held'))['metadata']['name']
     cluster.trainer_reports('held', conditions=(('Suspended', 'False', 'Resumed'),), active=1, ready=1)
-    cluster.wait_phase('held', 'Running')
+    admitted = cluster.wait_phase('held', 'Running')
+    assert condition(admitted, 'Admitted')['status'] == 'True'
 
     # The user suspends: spec.suspend and the Workload's spec.active; the rest of the spec is never rewritten.
     before = cluster.trainjob('held')['spec']

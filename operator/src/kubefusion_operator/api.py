@@ -186,7 +186,8 @@ class ConditionType:
     or a TrainJob's (``Complete`` as ``Succeeded``, ``Failed``, ``Suspended``; ``Created`` and ``Running`` from
     its existence and its ``jobsStatus``). The last three are the operator's: ``SpecValid`` (``False`` with
     reason ``InvalidSpec``, ``ImmutableFieldChanged`` or ``NotSupportedByBackend``), ``BackendAvailable``
-    (``False`` with reason ``BackendUnavailable`` when no backend the job may use is installed) and
+    (``False`` with reason ``BackendUnavailable`` when no backend the job may use is installed), ``Admitted`` (a
+    queued job: ``False`` with reason ``Queued`` until Kueue admits it) and
     ``ChildrenReady`` (``False`` while a child of that name cannot be ours yet: ``WaitingForPreviousRun``,
     ``ChildConflict``).
     """
@@ -200,6 +201,9 @@ class ConditionType:
     SPEC_VALID = "SpecValid"
     BACKEND_AVAILABLE = "BackendAvailable"
     CHILDREN_READY = "ChildrenReady"
+    ADMITTED = "Admitted"
+    """Jobs with ``scheduling.queue`` only: ``False`` (reason ``Queued``, Kueue's own words in the message) while
+    Kueue holds the child suspended, ``True`` once it admitted the job."""
 
 
 MIRRORED_CONDITION_TYPES = (
@@ -222,6 +226,12 @@ class Reason:
     CONDITION_CLEARED = "ConditionCleared"
     """A mirrored condition the child no longer reports (Kubeflow dropped it): set False."""
     CHILDREN_READY = "ChildrenReady"
+    QUEUED = "Queued"
+    """Kueue holds the job (its child suspended) until its Workload is admitted; also the phase's reason then."""
+    ADMITTED = "Admitted"
+    """Kueue admitted the job through its LocalQueue."""
+    DEACTIVATED = "Deactivated"
+    """A queued job the user suspended: its Workload is deactivated and its quota released."""
     WAITING_FOR_PREVIOUS_RUN = "WaitingForPreviousRun"
     """A child of the same name still belongs to an earlier job of this name (being garbage-collected)."""
     CHILD_CREATION_FORBIDDEN = "ChildCreationForbidden"

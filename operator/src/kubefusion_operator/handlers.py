@@ -37,7 +37,7 @@ from kubefusion_operator.backends import BACKENDS, Backend, choose, unavailable_
 from kubefusion_operator.builders import build_configmap, with_image
 from kubefusion_operator.builders.common import owner_reference
 from kubefusion_operator.options import Options
-from kubefusion_operator.status import phase_of, status_from_child
+from kubefusion_operator.status import phase_of, status_from_child, with_admission
 from kubefusion_operator.validation import immutable_changes, validate_spec
 
 MTJ = (api.GROUP, api.VERSION, api.PLURAL)
@@ -168,10 +168,10 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         child, made = _ensure_child(job, backend, spec, child, retry=retry)
         if made:
             created.append(f"{backend.kind} {name}")
-        _ensure_workload_active(spec, child)
+        workload = _ensure_workload_active(spec, child)
         fresh = _fresh(backend, child, job)
-        _write_status(namespace, name,
-                      lambda current: _status(current, backend, fresh, applied=meta.get("generation") or 1))
+        _write_status(namespace, name, lambda current: _status(current, backend, fresh,
+                                                               applied=meta.get("generation") or 1, workload=workload))
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
@@ -332,14 +332,16 @@ def _backend_unavailable(job: dict[str, Any], message: str, *, retry: int) -> No
 
 
 def _status(current: dict[str, Any], backend: Backend | None, child: dict[str, Any] | None, *,
-            applied: int | None = None) -> dict[str, Any]:
+            applied: int | None = None, workload: dict[str, Any] | None = None) -> dict[str, Any]:
     """The status for the job as it is now, on ``backend`` (None: not chosen yet, the status is kept). A child
     proves the backend is there; ``applied`` (the generation whose spec was just applied) clears an earlier
     SpecValid=False or ChildrenReady=False and becomes ``observedGeneration``, which a mere child event must not
-    touch."""
+    touch. ``workload``: the child's Kueue Workload, whose words explain a queued job."""
     if backend is None:
         return dict(current.get("status") or {})
     status = status_from_child(backend, child, current.get("status") or {}, generation=applied, now=_now())
+    if child is not None:
+        status = with_admission(status, current.get("spec"), workload, _now())
     own = [(ConditionType.BACKEND_AVAILABLE, Reason.BACKEND_AVAILABLE)] if child is not None else []
     if applied is not None:
         own += [(ConditionType.SPEC_VALID, Reason.VALID), (ConditionType.CHILDREN_READY, Reason.CHILDREN_READY)]
@@ -466,18 +468,23 @@ def _ensure_child(job: dict[str, Any], backend: Backend, spec: dict[str, Any], e
     return kube.patch_child(backend, meta["namespace"], meta["name"], patch), False
 
 
-def _ensure_workload_active(spec: dict[str, Any], child: dict[str, Any]) -> None:
+def _ensure_workload_active(spec: dict[str, Any], child: dict[str, Any]) -> dict[str, Any] | None:
     """With a Kueue queue, ``runPolicy.suspend`` also goes through the job's Workload: Kueue un-suspends any job
     whose Workload is admitted, so a suspended child alone would be started again. ``spec.active: false`` makes
     Kueue evict it and keep it suspended; ``true`` puts it back in the queue. Level-based: a Workload that Kueue
-    creates after the user suspended the job is deactivated at the next reconcile."""
+    creates after the user suspended the job is deactivated at the next reconcile. Returns the Workload (None
+    without a queue, or before Kueue made one)."""
     if not (spec.get("scheduling") or {}).get("queue"):
-        return
+        return None
     active = not (spec.get("runPolicy") or {}).get("suspend", False)
     meta = child["metadata"]
+    found = None
     for version, workload in kube.workloads_owned_by(meta["namespace"], meta["uid"]):
+        found = workload
         if (workload.get("spec") or {}).get("active", True) != active:
-            kube.patch_workload(version, meta["namespace"], workload["metadata"]["name"], {"spec": {"active": active}})
+            found = kube.patch_workload(version, meta["namespace"], workload["metadata"]["name"],
+                                        {"spec": {"active": active}})
+    return found
 
 
 # ------------------------------------------------------------------------------------------- status
@@ -517,11 +524,17 @@ def mirror_child(backend: Backend, event: kopf.RawEvent, body: kopf.Body, namesp
     child = _plain(body)
     controller = _controller_uid(child)
     name = labels[api.LABEL_JOB_NAME]
+    workload: dict[str, Any] | None = None
 
     def compute(current: dict[str, Any]) -> dict[str, Any]:
+        nonlocal workload
         if current["metadata"].get("uid") != controller or current["metadata"].get("deletionTimestamp"):
             return current.get("status") or {}  # another (earlier) job's child, or this job is going away
         status = _status(current, backend, child)
+        if status.get("reason") == Reason.QUEUED and workload is None and event.get("type") != "DELETED":
+            # Held by Kueue: its Workload says why (read only for queued jobs, once per event).
+            workload = next((w for _, w in kube.workloads_owned_by(namespace, child["metadata"]["uid"])), {})
+            status = _status(current, backend, child, workload=workload)
         if event.get("type") == "DELETED" and not (phase_of(status) or Phase.PENDING).is_terminal:
             status = _status({**current, "status": status}, backend, None)  # gone before the end: lost
         return status

@@ -130,6 +130,38 @@ def status_from_child(
     return _ordered(status)
 
 
+def with_admission(status: dict[str, Any], spec: dict[str, Any] | None, workload: dict[str, Any] | None,
+                   now: str) -> dict[str, Any]:
+    """``status`` (computed from the child) with what Kueue does to a job with ``spec.scheduling.queue``.
+
+    While the child is suspended and the user did not ask for it (``runPolicy.suspend`` false), Kueue holds it:
+    ``Admitted=False`` with reason ``Queued``, and the phase (``Suspended``) gives the same reason and message,
+    which carries the Workload's own explanation (its ``QuotaReserved`` condition: "couldn't assign flavors ...:
+    insufficient quota for nvidia.com/gpu ..."). Once the child runs, ``Admitted=True``; a queued job the user
+    suspended is ``Admitted=False`` with reason ``Deactivated``. Jobs without a queue are left alone. Pure.
+    """
+    queue = ((spec or {}).get("scheduling") or {}).get("queue")
+    phase = phase_of(status)
+    if not queue or phase is None or phase.is_terminal or phase is Phase.PENDING:
+        return status
+    status = dict(status)
+    if phase is Phase.SUSPENDED and ((spec or {}).get("runPolicy") or {}).get("suspend"):
+        admitted, reason = False, Reason.DEACTIVATED
+        message = f"spec.runPolicy.suspend is true: the job is out of Kueue's LocalQueue {queue} until resumed"
+    elif phase is Phase.SUSPENDED:
+        admitted, reason = False, Reason.QUEUED
+        message = f"waiting for Kueue to admit it through LocalQueue {queue}"
+        waiting = api.get_condition(((workload or {}).get("status") or {}).get("conditions"), "QuotaReserved")
+        if waiting and waiting.get("status") != CONDITION_TRUE and waiting.get("message"):
+            message += f" ({waiting.get('reason') or 'Pending'}: {waiting['message']})"
+        status.update(reason=reason, message=message)
+    else:
+        admitted, reason, message = True, Reason.ADMITTED, f"Kueue admitted it through LocalQueue {queue}"
+    status["conditions"] = api.set_condition(status.get("conditions"), ConditionType.ADMITTED, admitted, reason,
+                                             message, now)
+    return _ordered(status)
+
+
 def _lost(backend: Backend, status: dict[str, Any], now: str) -> dict[str, Any]:
     """The run's child is gone before it reported an end (deleted by hand, or while nobody watched): the run is
     over. Re-creating it would silently train again, possibly a run that had already succeeded."""

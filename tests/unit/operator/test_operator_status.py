@@ -10,7 +10,7 @@ import pytest
 from kubefusion_operator import api
 from kubefusion_operator.api import Phase
 from kubefusion_operator.backends import PYTORCHJOB, build_pytorchjob
-from kubefusion_operator.status import phase_of, status_from_child
+from kubefusion_operator.status import phase_of, status_from_child, with_admission
 
 META = {"name": "products", "namespace": "ml-team", "uid": "u-1"}
 SPEC = {"image": "x", "resources": {"nodes": 2, "gpusPerNode": 4}}
@@ -188,3 +188,42 @@ def test_status_mapping_does_not_modify_its_inputs():
 def test_phase_of_reads_unknown_values_as_none():
     assert phase_of({"phase": "Running"}) is Phase.RUNNING
     assert phase_of({"phase": "Exploded"}) is None and phase_of({}) is None and phase_of(None) is None
+
+
+# --------------------------------------------------------------------------------------------------- Kueue
+
+QUEUED_SPEC = {"scheduling": {"queue": "team-a"}}
+WAITING_WORKLOAD = {"status": {"conditions": [{
+    "type": "QuotaReserved", "status": "False", "reason": "Pending",
+    "message": "couldn't assign flavors to pod set node: insufficient quota for nvidia.com/gpu in flavor gpu, "
+               "request > maximum capacity (8 > 4)"}]}}
+
+
+def test_a_job_kueue_holds_says_it_is_queued_and_why():
+    held = status_from_pytorchjob(child(CREATED, cond("Suspended")), {}, generation=1, now=NOW)
+    status = with_admission(held, QUEUED_SPEC, WAITING_WORKLOAD, NOW)
+    assert (status["phase"], status["reason"]) == ("Suspended", "Queued")
+    assert status["message"].startswith("waiting for Kueue to admit it through LocalQueue team-a (Pending: ")
+    assert "insufficient quota for nvidia.com/gpu" in status["message"]
+    admitted = api.get_condition(status["conditions"], "Admitted")
+    assert (admitted["status"], admitted["reason"], admitted["message"]) == ("False", "Queued", status["message"])
+
+    running = with_admission(status_from_pytorchjob(child(CREATED, RUNNING), status, generation=None, now=NOW),
+                             QUEUED_SPEC, None, "2026-11-26T23:05:00Z")
+    admitted = api.get_condition(running["conditions"], "Admitted")
+    assert (running["phase"], admitted["status"], admitted["reason"]) == ("Running", "True", "Admitted")
+    assert admitted["lastTransitionTime"] == "2026-11-26T23:05:00Z"
+
+
+def test_a_queued_job_the_user_suspended_is_deactivated_not_queued():
+    held = status_from_pytorchjob(child(CREATED, cond("Suspended")), {}, generation=1, now=NOW)
+    status = with_admission(held, {**QUEUED_SPEC, "runPolicy": {"suspend": True}}, WAITING_WORKLOAD, NOW)
+    assert status["reason"] == "PyTorchJobSuspended"
+    assert api.get_condition(status["conditions"], "Admitted")["reason"] == "Deactivated"
+
+
+def test_jobs_without_a_queue_and_finished_jobs_have_no_admission_to_show():
+    held = status_from_pytorchjob(child(CREATED, cond("Suspended")), {}, generation=1, now=NOW)
+    assert with_admission(held, {}, WAITING_WORKLOAD, NOW) == held
+    done = status_from_pytorchjob(child(CREATED, cond("Succeeded")), {}, generation=1, now=NOW)
+    assert with_admission(done, QUEUED_SPEC, None, NOW) == done
