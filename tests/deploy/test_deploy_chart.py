@@ -70,7 +70,7 @@ def test_defaults_install_crd_operator_and_cluster_rbac_without_monitoring(rende
     kinds = sorted(o["kind"] for o in objects)
     # The dashboard ConfigMap is the one monitoring object that needs no Prometheus operator.
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment",
-                     "Service", "ServiceAccount"]
+                     "Service", "Service", "ServiceAccount"]  # metrics, progress
     crd = one(objects, "CustomResourceDefinition")
     assert crd["metadata"]["name"] == "multimodaltrainjobs.kubefusion.io"
     binding = one(objects, "ClusterRoleBinding")
@@ -93,18 +93,48 @@ def test_operator_pod_is_locked_down_and_probed_on_healthz(render):
     assert security["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
+    assert ports == {"metrics": 8080, "health": 8081, "progress": 8082}
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8081
     assert pod["serviceAccountName"] == "kubefusion-operator"
 
 
+def service_named(objects, suffix):
+    (found,) = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith(suffix)]
+    return found
+
+
 def test_metrics_service_targets_the_operator_metrics_port(render):
     objects = render()
-    service = one(objects, "Service")
+    service = service_named(objects, "-metrics")
     deployment = one(objects, "Deployment")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_the_progress_service_is_what_new_jobs_pods_are_told_to_report_to(render):
+    objects = render()
+    service = service_named(objects, "-progress")
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert service["spec"]["ports"] == [{"name": "progress", "port": 8082, "targetPort": "progress",
+                                         "protocol": "TCP"}]
+    assert "--progress-port=8082" in container["args"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KUBEFUSION_OPERATOR_PROGRESS_URL"] == \
+        f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:8082"
+    from kubefusion_operator.__main__ import build_parser
+    from kubefusion_operator.options import Options
+
+    assert build_parser(Options()).parse_args(container["args"]).progress_port == 8082
+
+
+def test_progress_off_serves_no_endpoint_and_tells_the_pods_nothing(render):
+    objects = render("--set", "progress.enabled=false")
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "Service"] == ["kubefusion-operator-metrics"]
+    assert "--progress-port=0" in container["args"]
+    assert "KUBEFUSION_OPERATOR_PROGRESS_URL" not in {e["name"] for e in container["env"]}
+    assert "progress" not in {p["name"] for p in container["ports"]}
 
 
 def test_watch_namespaces_gives_a_role_per_namespace_and_starts_the_operator_with_them(render):
@@ -149,7 +179,7 @@ def test_monitoring_objects_scrape_operator_and_every_rank(render):
     objects = render(*VALUE_SETS["monitoring-on"])
     servicemonitor = one(objects, "ServiceMonitor")
     assert servicemonitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    service = one(objects, "Service")
+    service = service_named(objects, "-metrics")
     assert servicemonitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (endpoint,) = servicemonitor["spec"]["endpoints"]
     assert endpoint["port"] == "metrics"

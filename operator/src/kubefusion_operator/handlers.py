@@ -446,7 +446,7 @@ def _ensure_child(job: dict[str, Any], backend: Backend, spec: dict[str, Any], e
     meta = job["metadata"]
     applied = json.dumps(spec, sort_keys=True)
     if existing is None:
-        desired = backend.build(spec, meta, runtime=OPTIONS.training_runtime)
+        desired = backend.build(spec, meta, runtime=OPTIONS.training_runtime, progress_url=OPTIONS.progress_url)
         desired["metadata"].setdefault("annotations", {})[APPLIED_SPEC] = applied
         try:
             created = kube.create_child(backend, desired)

@@ -561,3 +561,47 @@ def test_mirroring_the_backend_keeps_the_progress_fields(backend_name, child):
         assert status["phase"] == "Succeeded"
         assert {k: status.get(k) for k in SECTIONS} == progress
         previous = status
+
+
+# ------------------------------------------------------------------------------- what the pods are told
+
+ENDPOINT = "http://kubefusion-operator-progress.kubefusion-system.svc:8082/"
+
+
+def training_pods(backend: str, progress_url: str) -> list[dict[str, Any]]:
+    from kubefusion_operator.backends import build_pytorchjob, build_trainjob
+
+    spec = {"image": "registry.example.com/kubefusion-trainer:0.1.0", "resources": {"nodes": 2},
+            "storage": {"checkpoints": {"persistentVolumeClaim": {"claimName": "runs"}}}}
+    meta = {"name": KEY[1], "namespace": KEY[0], "uid": "0b7e9a52"}
+    if backend == "PyTorchJob":
+        child = build_pytorchjob(spec, meta, progress_url=progress_url)
+        return [r["template"]["spec"] for r in child["spec"]["pytorchReplicaSpecs"].values()]
+    child = build_trainjob(spec, meta, progress_url=progress_url)
+    (replicated,) = child["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = copy.deepcopy(replicated["template"]["spec"]["template"]["spec"])
+    pod["containers"][0]["env"] = child["spec"]["trainer"]["env"]  # Trainer puts trainer.env on the node container
+    return [pod]
+
+
+@pytest.mark.parametrize("backend", ["PyTorchJob", "TrainJob"])
+def test_the_training_container_is_told_the_endpoint_and_gets_a_token_for_its_job_alone(backend):
+    for pod in training_pods(backend, ENDPOINT):
+        (trainer,), (init,) = pod["containers"], pod["initContainers"]
+        env = {e["name"]: e["value"] for e in trainer["env"]}
+        assert env["KUBEFUSION_PROGRESS_URL"] == ENDPOINT.rstrip("/") + report_path(*KEY)
+        assert env["KUBEFUSION_PROGRESS_TOKEN_FILE"] == "/var/run/secrets/kubefusion.io/progress/token"
+        assert {"name": "progress-token", "mountPath": "/var/run/secrets/kubefusion.io/progress",
+                "readOnly": True} in trainer["volumeMounts"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "progress-token"]
+        assert volume == {"name": "progress-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": audience(*KEY), "expirationSeconds": 3600, "path": "token"}}]}}
+        # The preprocessing step reports nothing and gets no token.
+        assert not any(e["name"].startswith("KUBEFUSION_PROGRESS") for e in init.get("env", []))
+        assert all(m["name"] != "progress-token" for m in init.get("volumeMounts", []))
+
+
+@pytest.mark.parametrize("backend", ["PyTorchJob", "TrainJob"])
+def test_without_a_progress_url_the_pods_are_told_nothing(backend):
+    for pod in training_pods(backend, ""):
+        assert "progress-token" not in json.dumps(pod) and "KUBEFUSION_PROGRESS" not in json.dumps(pod)

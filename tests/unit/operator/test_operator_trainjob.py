@@ -110,13 +110,16 @@ def test_trainjob_matches_golden_files(case, example_spec, meta, golden):
     golden(f"{case}.trainjob.yaml", build_trainjob(spec, meta))
 
 
+@pytest.mark.parametrize("progress_url", ["", "http://kubefusion-operator-progress.kubefusion-system.svc:8082"])
 @pytest.mark.parametrize("case", ["one-node", "two-nodes-pvc", "suspended-cpu"])
-def test_the_pod_trainer_makes_is_the_pytorchjobs_pod_with_trainers_names(case, example_spec, meta):
+def test_the_pod_trainer_makes_is_the_pytorchjobs_pod_with_trainers_names(case, progress_url, example_spec, meta):
     """Nothing the PyTorchJob path gives a pod is lost on the TrainJob path: volumes, mounts, environment,
-    images, commands, resources, security, placement. Only what each backend names itself differs."""
+    images, commands, resources, security, placement, the progress endpoint and its token. Only what each
+    backend names itself differs."""
     spec = resolved(cases(example_spec)[case])
-    from_trainjob = trainer_pod(build_trainjob(spec, meta))
-    from_pytorchjob = build_pytorchjob(spec, meta)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    from_trainjob = trainer_pod(build_trainjob(spec, meta, progress_url=progress_url))
+    from_pytorchjob = build_pytorchjob(spec, meta, progress_url=progress_url)["spec"]["pytorchReplicaSpecs"][
+        "Master"]["template"]
     kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x",
                                                                                  **from_trainjob["metadata"]},
                                   "spec": from_trainjob["spec"]}, K8S_VERSION, strict=True)

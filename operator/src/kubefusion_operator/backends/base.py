@@ -62,9 +62,11 @@ class Backend(ABC):
         return f"{self.group}/{self.version}"
 
     @abstractmethod
-    def build(self, spec: dict[str, Any], meta: dict[str, Any], *, runtime: str) -> dict[str, Any]:
+    def build(self, spec: dict[str, Any], meta: dict[str, Any], *, runtime: str,
+              progress_url: str = "") -> dict[str, Any]:
         """The child for ``spec`` (image resolved) and the job's ``meta`` (name, namespace, uid). ``runtime`` is
-        the ClusterTrainingRuntime a TrainJob refers to (ignored by backends without one)."""
+        the ClusterTrainingRuntime a TrainJob refers to (ignored by backends without one); ``progress_url`` the
+        operator's progress endpoint the training container reports to (none when empty)."""
 
     @abstractmethod
     def observe(self, child: dict[str, Any]) -> Observed:

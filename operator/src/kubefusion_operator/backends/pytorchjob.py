@@ -21,11 +21,12 @@ from kubefusion_operator.builders.defaults import with_defaults
 _COUNTS = ("active", "succeeded", "failed")
 
 
-def build_pytorchjob(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+def build_pytorchjob(spec: dict[str, Any], meta: dict[str, Any], *, progress_url: str = "") -> dict[str, Any]:
     """A ``kubeflow.org/v1`` PyTorchJob named like the MultimodalTrainJob and owned by it.
 
     ``spec`` is the MultimodalTrainJob spec (defaulted here with :func:`with_defaults`), ``meta`` its metadata
-    (``name``, ``namespace``, ``uid``). Gang scheduling asks for all ``nodes`` pods at once
+    (``name``, ``namespace``, ``uid``); ``progress_url``: the operator's progress endpoint, told to the training
+    container with a token to report with (none when empty). Gang scheduling asks for all ``nodes`` pods at once
     (``schedulingPolicy.minAvailable``); a ``scheduling.queue`` becomes Kueue's queue label. The spec is expected
     to have passed :func:`kubefusion_operator.validation.validate_spec`.
     """
@@ -38,11 +39,12 @@ def build_pytorchjob(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, An
         metadata["labels"][api.KUEUE_QUEUE_LABEL] = scheduling["queue"]
 
     replica_specs: dict[str, Any] = {
-        api.REPLICA_MASTER: {"replicas": 1, "restartPolicy": "OnFailure", "template": _pod_template(spec, meta)},
+        api.REPLICA_MASTER: {"replicas": 1, "restartPolicy": "OnFailure",
+                             "template": _pod_template(spec, meta, progress_url)},
     }
     if nodes > 1:
         replica_specs[api.REPLICA_WORKER] = {"replicas": nodes - 1, "restartPolicy": "OnFailure",
-                                             "template": _pod_template(spec, meta)}
+                                             "template": _pod_template(spec, meta, progress_url)}
 
     scheduling_policy: dict[str, Any] = {"minAvailable": nodes}
     if scheduling.get("queue"):
@@ -82,7 +84,7 @@ def run_policy_patch(spec: dict[str, Any]) -> dict[str, Any]:
     }}}
 
 
-def _pod_template(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+def _pod_template(spec: dict[str, Any], meta: dict[str, Any], progress_url: str) -> dict[str, Any]:
     resources, scheduling = spec["resources"], spec["scheduling"]
     image = spec["image"]
     ports = [{"name": api.PYTORCHJOB_PORT_NAME, "containerPort": api.PYTORCHJOB_DEFAULT_PORT, "protocol": "TCP"}]
@@ -98,9 +100,9 @@ def _pod_template(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         "name": api.TRAINER_CONTAINER,
         "image": image,
         "command": list(api.TRAIN_COMMAND),
-        "env": pod.env(meta),
+        "env": pod.env(meta, progress_url=progress_url),
         "ports": ports + pod.metrics_ports(spec),
-        "volumeMounts": pod.mounts(spec, training=True),
+        "volumeMounts": pod.mounts(spec, training=True) + pod.progress_mounts(progress_url),
         "securityContext": pod.container_security(),
     }
     for container, gpus in ((preprocess, 0), (trainer, int(resources["gpusPerNode"]))):
@@ -111,7 +113,7 @@ def _pod_template(spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         "securityContext": pod.pod_security(),
         "initContainers": [preprocess],
         "containers": [trainer],
-        "volumes": pod.volumes(spec, meta),
+        "volumes": pod.volumes(spec, meta) + pod.progress_volumes(meta, progress_url),
     }
     if scheduling.get("priorityClassName"):
         template["priorityClassName"] = scheduling["priorityClassName"]
@@ -132,8 +134,9 @@ class PyTorchJobBackend(Backend):
     waiting_message = "PyTorchJob {name} has no status yet; is Kubeflow's training operator running?"
     mutable = frozenset({"suspend", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"})
 
-    def build(self, spec: dict[str, Any], meta: dict[str, Any], *, runtime: str) -> dict[str, Any]:
-        return build_pytorchjob(spec, meta)
+    def build(self, spec: dict[str, Any], meta: dict[str, Any], *, runtime: str,
+              progress_url: str = "") -> dict[str, Any]:
+        return build_pytorchjob(spec, meta, progress_url=progress_url)
 
     def observe(self, child: dict[str, Any]) -> Observed:
         status = child.get("status") or {}

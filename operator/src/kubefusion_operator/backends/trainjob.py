@@ -38,12 +38,13 @@ _TRAINER_CONDITIONS = {"Complete": api.ConditionType.SUCCEEDED, "Failed": api.Co
 
 
 def build_trainjob(spec: dict[str, Any], meta: dict[str, Any], *,
-                   runtime: str = api.DEFAULT_TRAINING_RUNTIME) -> dict[str, Any]:
+                   runtime: str = api.DEFAULT_TRAINING_RUNTIME, progress_url: str = "") -> dict[str, Any]:
     """A ``trainer.kubeflow.org/v1alpha1`` TrainJob named like the MultimodalTrainJob and owned by it, running
     on the ClusterTrainingRuntime ``runtime``.
 
     ``spec`` is the MultimodalTrainJob spec (defaulted here), ``meta`` its metadata (``name``, ``namespace``,
-    ``uid``). A ``scheduling.queue`` becomes Kueue's queue label; ``runPolicy.activeDeadlineSeconds`` and
+    ``uid``); ``progress_url``: the operator's progress endpoint, told to the training container with a token to
+    report with (none when empty). A ``scheduling.queue`` becomes Kueue's queue label; ``runPolicy.activeDeadlineSeconds`` and
     ``suspend`` are the TrainJob's own fields. The spec is expected to have passed validation and
     :meth:`TrainJobBackend.conflicts`.
     """
@@ -57,7 +58,7 @@ def build_trainjob(spec: dict[str, Any], meta: dict[str, Any], *,
     trainer: dict[str, Any] = {
         "image": spec["image"],
         "command": list(api.TRAIN_COMMAND),
-        "env": pod.env(meta),
+        "env": pod.env(meta, progress_url=progress_url),
         "numNodes": int(resources["nodes"]),
         "numProcPerNode": pod.processes_per_node(spec),
     }
@@ -67,13 +68,14 @@ def build_trainjob(spec: dict[str, Any], meta: dict[str, Any], *,
 
     pod_patch: dict[str, Any] = {
         "securityContext": pod.pod_security(),
-        "volumes": pod.volumes(spec, meta),
+        "volumes": pod.volumes(spec, meta) + pod.progress_volumes(meta, progress_url),
         # The init container's environment can only come from a patch (trainer.env is the node container's);
         # Trainer refuses patched environment for the node container itself.
         "initContainers": [{"name": api.PREPROCESS_CONTAINER, "env": pod.env(meta),
                             "volumeMounts": pod.mounts(spec, training=False),
                             "securityContext": pod.container_security()}],
-        "containers": [{"name": api.TRAINER_NODE_CONTAINER, "volumeMounts": pod.mounts(spec, training=True),
+        "containers": [{"name": api.TRAINER_NODE_CONTAINER,
+                        "volumeMounts": pod.mounts(spec, training=True) + pod.progress_mounts(progress_url),
                         "securityContext": pod.container_security()}],
         **pod.placement(spec),
     }
@@ -191,8 +193,9 @@ class TrainJobBackend(Backend):
     waiting_message = "TrainJob {name} has no status yet; is the Kubeflow Trainer controller manager running?"
     mutable = frozenset({"suspend"})
 
-    def build(self, spec: dict[str, Any], meta: dict[str, Any], *, runtime: str) -> dict[str, Any]:
-        return build_trainjob(spec, meta, runtime=runtime)
+    def build(self, spec: dict[str, Any], meta: dict[str, Any], *, runtime: str,
+              progress_url: str = "") -> dict[str, Any]:
+        return build_trainjob(spec, meta, runtime=runtime, progress_url=progress_url)
 
     def observe(self, child: dict[str, Any]) -> Observed:
         meta, status = child.get("metadata") or {}, child.get("status") or {}

@@ -15,6 +15,8 @@ from typing import Any
 from kubefusion_operator import api
 from kubefusion_operator.builders.common import job_name, job_namespace
 from kubefusion_operator.builders.defaults import with_defaults
+from kubefusion_operator.progress import ENV_TOKEN_FILE, ENV_URL, TOKEN_DIR, TOKEN_FILE, TOKEN_SECONDS, audience, \
+    report_path
 
 NCCL_ENV = (
     ("NCCL_DEBUG", "WARN"),
@@ -30,6 +32,7 @@ VOLUME_DATA = "data"
 VOLUME_ARTIFACTS = "artifacts"
 VOLUME_CHECKPOINTS = "checkpoints"
 VOLUME_SHM = "dshm"
+VOLUME_PROGRESS_TOKEN = "progress-token"
 
 
 def processes_per_node(spec: dict[str, Any]) -> int:
@@ -42,11 +45,33 @@ def world_size(spec: dict[str, Any]) -> int:
     return int(with_defaults(spec)["resources"]["nodes"]) * processes_per_node(spec)
 
 
-def env(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """What every container is told besides the job file: the metric labels and the NCCL settings."""
+def env(meta: dict[str, Any], *, progress_url: str = "") -> list[dict[str, Any]]:
+    """What every container is told besides the job file: the metric labels and the NCCL settings. With
+    ``progress_url`` (the operator's progress endpoint, for the training container only): where rank 0 reports
+    its progress, and the projected token it reports with (:func:`progress_volumes`)."""
     values = [{"name": api.ENV_NAMESPACE, "value": job_namespace(meta)},
               {"name": api.ENV_JOB_NAME, "value": job_name(meta)}]
-    return values + [{"name": key, "value": value} for key, value in NCCL_ENV]
+    values += [{"name": key, "value": value} for key, value in NCCL_ENV]
+    if progress_url:
+        values += [{"name": ENV_URL, "value": progress_url.rstrip("/") + report_path(job_namespace(meta),
+                                                                                     job_name(meta))},
+                   {"name": ENV_TOKEN_FILE, "value": f"{TOKEN_DIR}/{TOKEN_FILE}"}]
+    return values
+
+
+def progress_volumes(meta: dict[str, Any], progress_url: str) -> list[dict[str, Any]]:
+    """The token rank 0 reports progress with: the pod's service-account token projected with the job's own
+    audience. The API server accepts no token with a foreign audience, so it opens nothing on the API; the
+    operator's progress endpoint accepts it for this job only. None without a progress endpoint."""
+    if not progress_url:
+        return []
+    token = {"audience": audience(job_namespace(meta), job_name(meta)), "expirationSeconds": TOKEN_SECONDS,
+             "path": TOKEN_FILE}
+    return [{"name": VOLUME_PROGRESS_TOKEN, "projected": {"sources": [{"serviceAccountToken": token}]}}]
+
+
+def progress_mounts(progress_url: str) -> list[dict[str, Any]]:
+    return [{"name": VOLUME_PROGRESS_TOKEN, "mountPath": TOKEN_DIR, "readOnly": True}] if progress_url else []
 
 
 def _volume(name: str, source: dict[str, Any] | None) -> dict[str, Any]:
