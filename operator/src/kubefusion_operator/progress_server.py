@@ -99,6 +99,9 @@ class ProgressStore:
                  now: Callable[[], datetime.datetime] = utc_now) -> None:
         self.write_seconds, self.stale_seconds = write_seconds, stale_seconds
         self._monotonic, self._now = monotonic, now
+        self._started = monotonic()
+        """No job is written within ``write_seconds`` of the start: the operator this one replaces may have
+        written it just before it stopped, and the limit holds across restarts too."""
         self._jobs: dict[Key, _Job] = {}
         self._lock = threading.Lock()
 
@@ -135,11 +138,12 @@ class ProgressStore:
         writes: list[Write] = []
         with self._lock:
             free = limit - sum(1 for job in self._jobs.values() if job.in_flight)
-            waiting = sorted(self._jobs.items(), key=lambda item: item[1].written_at or 0.0)
+            waiting = sorted(self._jobs.items(), key=lambda item: item[1].written_at or self._started)
             for key, job in waiting:
                 if len(writes) >= free:
                     break
-                if job.in_flight or (job.written_at is not None and now - job.written_at < self.write_seconds):
+                last = job.written_at if job.written_at is not None else self._started
+                if job.in_flight or now - last < self.write_seconds:
                     continue
                 if job.report is not None:
                     fields = status_fields(job.report, received=job.received or rfc3339(wall), spec=job.spec)

@@ -196,8 +196,12 @@ class Clocks:
         self.wall += datetime.timedelta(seconds=seconds)
 
 
-def store(clocks: Clocks, **kwargs) -> ProgressStore:
-    return ProgressStore(monotonic=lambda: clocks.mono, now=lambda: clocks.wall, **kwargs)
+def store(clocks: Clocks, *, fresh: bool = False, **kwargs) -> ProgressStore:
+    """A store as in an operator that has run for a while (``fresh``: one that has just started)."""
+    made = ProgressStore(monotonic=lambda: clocks.mono, now=lambda: clocks.wall, **kwargs)
+    if not fresh:
+        clocks.mono += made.write_seconds  # the monotonic clock only: report times stay as written
+    return made
 
 
 def flush(s: ProgressStore, *, ok: bool = True) -> list:
@@ -296,9 +300,20 @@ def test_a_job_whose_reports_stop_is_marked_stale_once_then_a_report_clears_it()
     assert s.stale_jobs() == 0
 
 
+def test_a_restarted_operator_writes_nothing_before_the_interval_has_passed():
+    """The operator it replaces may have written a job just before it stopped: the limit holds across restarts."""
+    clocks = Clocks()
+    s = store(clocks, fresh=True)
+    s.accept(KEY, parse_report(trainer_report()))
+    clocks.advance(11)
+    assert flush(s) == []
+    clocks.advance(1)
+    assert [w.kind for w in flush(s)] == ["progress"]
+
+
 def test_after_an_operator_restart_a_job_whose_last_report_is_old_is_marked_stale():
     clocks = Clocks()
-    s = store(clocks)  # a fresh operator: nothing in memory, the watch lists the jobs
+    s = store(clocks)  # a restarted operator: nothing in memory, the watch lists the jobs
     s.observe(KEY, running("2026-03-04T05:04:00Z"))  # two minutes before now
     s.observe(("ml-team", "fresh"), running("2026-03-04T05:06:00Z"))
     (write,) = flush(s)
