@@ -156,7 +156,8 @@ class ProgressStore:
         return writes
 
     def _stale(self, job: _Job, wall: datetime.datetime) -> bool:
-        if job.stale_marked or job.status.get("phase") in TERMINAL_PHASES:
+        # With its results the run is over: no report is to come, and the last one is final, not stale.
+        if job.stale_marked or job.status.get("phase") in TERMINAL_PHASES or job.status.get("results"):
             return False
         updated = job.received or (job.status.get("progress") or {}).get("updateTime")
         age = seconds_since(updated, wall)

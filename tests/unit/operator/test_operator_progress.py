@@ -334,6 +334,17 @@ def test_finished_or_deleted_jobs_are_not_marked_stale_and_are_forgotten():
     assert flush(s) == [] and len(s) == 0
 
 
+def test_a_run_that_has_its_results_is_over_and_never_stale():
+    clocks = Clocks()
+    s = store(clocks)
+    s.accept(KEY, parse_report(trainer_report(finished=True)))
+    flush(s)
+    s.observe(KEY, running("2026-03-04T05:06:07Z") | {"status": {**running("2026-03-04T05:06:07Z")["status"],
+                                                                  "results": {"fusedTestTop1": 0.9}}})
+    clocks.advance(600)  # its pods linger, still Running
+    assert flush(s) == []
+
+
 def test_the_last_report_of_a_job_that_just_finished_is_still_written():
     clocks = Clocks()
     s = store(clocks)
