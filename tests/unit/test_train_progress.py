@@ -46,9 +46,12 @@ def test_percent_counts_the_steps_of_every_stage_and_the_eta_the_current_pace():
     assert report == {"stage": "fused", "stageNumber": 1, "stages": 4, "epoch": 2, "epochs": 4, "step": 50,
                       "steps": 100, "percent": 12.5, "samplesPerSecond": 640.0, "etaSeconds": 350,
                       "updateTime": "2026-01-02T03:04:05Z"}
-    # The second stage: half the job done after its first 100 steps, a new pace measured from its own start.
+    # The second stage: until its first step it goes at the first stage's pace (1 s per step), then at its own.
+    clock.t += 50
+    t.steps_done(step=100, epoch=3, samples_per_second=640.0)
     t.stage_started("baseline-image", step=0, epoch=0)
     assert t.report()["progress"]["percent"] == 25.0 and "samplesPerSecond" not in t.report()["progress"]
+    assert t.report()["progress"]["etaSeconds"] == 300
     clock.t += 20
     t.steps_done(step=100, epoch=3, samples_per_second=2000.0)
     assert t.report()["progress"]["percent"] == 50.0

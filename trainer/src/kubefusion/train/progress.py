@@ -20,7 +20,7 @@ What the numbers mean: ``percent`` is optimizer steps done over the steps of eve
 one baseline per modality), held below 100 until the results exist. ``etaSeconds`` is the steps left times the
 current stage's wall-clock seconds per step since it (re)started, validation and checkpoint pauses included;
 stages not started yet are assumed as slow as the current one (the baselines are smaller, so before they run
-the estimate errs long). ``samplesPerSecond`` counts every rank's samples over the last logging window.
+the estimate errs long), and a stage goes at the previous one's pace until its first step. ``samplesPerSecond`` counts every rank's samples over the last logging window.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ class ProgressTracker:
         self._stage = self.stages[0]
         self._step, self._epoch = 0, 1
         self._clock: _StageClock | None = None
+        self._pace: float | None = None
+        """Seconds per step of the last stage that measured one (the ETA of a stage before its first step)."""
         self._samples_per_second: float | None = None
         self._validation: dict[str, dict[str, Any]] = {}
         self._checkpoint: dict[str, Any] | None = None
@@ -160,6 +162,7 @@ class ProgressTracker:
 
     def stage_started(self, stage: str, step: int, epoch: int) -> None:
         """``stage`` (re)starts at optimizer step ``step`` (not 0 when resumed) in 0-based ``epoch``."""
+        self._pace = self._measured_pace() or self._pace
         self._stage, self._step = stage, int(step)
         self._epoch = min(self.epochs, int(epoch) + 1)
         self._clock = _StageClock(stage, int(step), self._monotonic())
@@ -195,14 +198,20 @@ class ProgressTracker:
         # The last stage's final step is not the end: evaluation and the results are still to come.
         return min(99.0, round(100.0 * done / (len(self.stages) * self.steps_per_stage), 1))
 
-    def eta_seconds(self) -> int | None:
-        if self._results is not None:
-            return 0
+    def _measured_pace(self) -> float | None:
+        """Wall-clock seconds per optimizer step of the current stage since it (re)started, once it has one."""
         clock = self._clock
         if clock is None or clock.name != self._stage or self._step <= clock.first_step:
             return None
-        elapsed = self._monotonic() - clock.started
-        per_step = elapsed / (self._step - clock.first_step)
+        return (self._monotonic() - clock.started) / (self._step - clock.first_step)
+
+    def eta_seconds(self) -> int | None:
+        if self._results is not None:
+            return 0
+        # A stage that has not finished a step yet goes at the previous stage's pace until it has its own.
+        per_step = self._measured_pace() or self._pace
+        if per_step is None:
+            return None
         left = (len(self.stages) - self._stage_position()) * self.steps_per_stage - self._step
         return int(round(max(0, left) * per_step))
 
