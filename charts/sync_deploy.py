@@ -5,6 +5,8 @@
 
 Sources and what is made from them:
   manifests/crd.yaml       (operator engineers) -> charts/kubefusion/crds/multimodaltrainjobs.yaml (copy)
+                                                   trainer/src/kubefusion/crd.yaml (copy: the local reader
+                                                   checks job files against it, kubefusion.crd)
   manifests/rbac.yaml      (operator engineers) -> charts/kubefusion/files/operator-rules.yaml (its ClusterRole's
                                                    rules, split by scope for namespaced installs)
   monitoring/alerts.yaml                        -> charts/kubefusion/files/alerts.yaml (copy)
@@ -139,6 +141,7 @@ def copies() -> dict[Path, str]:
     rules = split_rules(source(MANIFESTS / "rbac.yaml"))
     return {
         CHART / "crds" / "multimodaltrainjobs.yaml": source(MANIFESTS / "crd.yaml"),
+        ROOT / "trainer" / "src" / "kubefusion" / "crd.yaml": source(MANIFESTS / "crd.yaml"),
         CHART / "files" / "alerts.yaml": source(ROOT / "monitoring" / "alerts.yaml"),
         CHART / "files" / "dashboard.json": source(ROOT / "monitoring" / "dashboard.json"),
         CHART / "files" / "operator-rules.yaml": GENERATED.format(source="manifests/rbac.yaml (the ClusterRole)")

@@ -20,6 +20,7 @@ def test_design_example_parses_with_camel_case_fields():
         training={"epochs": 10, "batchSizePerGPU": 64, "learningRate": 3.0e-4, "precision": "bf16"},
         resources={"nodes": 2, "gpusPerNode": 4, "sharedMemory": "32Gi"},
         runPolicy={"backoffLimit": 3},
+        storage={"checkpoints": {"persistentVolumeClaim": {"claimName": "runs"}}},
     ))
     assert job.name == "products"
     assert job.data.on_bad_record == "skip" and job.data.missing_modality == "keep"

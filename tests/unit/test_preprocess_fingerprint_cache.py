@@ -37,9 +37,9 @@ def reads(monkeypatch):
     seen: list[str] = []
     real = artifact.sha256_file
 
-    def counting(path):
+    def counting(path, **kwargs):
         seen.append(Path(path).name)
-        return real(path)
+        return real(path, **kwargs)
 
     monkeypatch.setattr(artifact, "sha256_file", counting)
     return seen

@@ -146,5 +146,36 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     info = {"content_key": "k", "classes": ["a", "b"], "modalities": ["image"], "model_spec": {},
             "num_numeric_features": 3}
     _check_compatible(tmp_path / "c.pt", {"model_info": dict(info)}, info)
-    with pytest.raises(ArtifactError, match="different classes"):
+    with pytest.raises(ArtifactError, match=r'another configuration \(classes \["a", "c"\] -> \["a", "b"\]\)'):
         _check_compatible(tmp_path / "c.pt", {"model_info": {**info, "classes": ["a", "c"]}}, info)
+    spec = {**info, "model_spec": {"fusion": {"type": "gated", "hidden": 8}}}
+    with pytest.raises(ArtifactError, match=r"model spec.fusion.type \"gated\" -> \"concat\"\)"):
+        _check_compatible(tmp_path / "c.pt", {"model_info": spec},
+                          {**info, "model_spec": {"fusion": {"type": "concat", "hidden": 8}}})
+
+
+def test_a_checkpoint_of_another_training_configuration_names_the_fields(tmp_path):
+    from kubefusion.train import runfolder
+    from kubefusion.train.loop import _check_compatible
+
+    job = cfg.demo()
+    before = runfolder.record(job, {runfolder.DATA_FILES: "a" * 64, runfolder.ARTIFACT: "k1"})
+    job.training.learning_rate, job.training.epochs = 5e-3, 4
+    after = runfolder.record(job, {runfolder.DATA_FILES: "a" * 64, runfolder.ARTIFACT: "k1"})
+    info = {"content_key": "k1", "classes": ["a"], "modalities": ["image"], "model_spec": {},
+            "num_numeric_features": 3}
+    with pytest.raises(ArtifactError, match=r"\(spec.training.epochs 3 -> 4; spec.training.learningRate 0.002 -> "
+                                            r"0.005\)"):
+        _check_compatible(tmp_path / "c.pt", {"model_info": {**info, "run": before}}, {**info, "run": after})
+
+
+def test_without_an_ood_split_the_table_says_why_its_column_is_empty():
+    results = {"job": "mine", "fusion_type": "concat", "sizes": {"train": 80, "validation": 10, "test": 10},
+               "fused": {"validation": {"top1": 0.9}, "test": {"top1": 0.9}},
+               "configuration": {"fingerprint": "0123456789abcdef"}}
+    table = render_markdown(results)
+    assert "| 90.00 | 90.00 | – | – | – | – |" in table
+    assert "No out-of-distribution split (hence the empty OOD column)" in table
+    assert "spec.data.oodPath" in table and "Training configuration 0123456789abcdef" in table
+    with_ood = render_markdown({**results, "sizes": {**results["sizes"], "ood": 5}})
+    assert "No out-of-distribution split" not in with_ood

@@ -231,3 +231,55 @@ def test_resumed_tensorboard_curves_do_not_overlap(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
         (1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0), (5, 2.0)]
+
+
+class KilledAt(TinyData):
+    """TinyData whose stream dies (as a killed process would) when it reaches one batch of one epoch."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.kill = (epoch, batch)
+
+    def batches(self, split, *, epoch=0, skip=0, limit=None):
+        for index, batch in zip(range(skip, BATCHES if limit is None else limit),
+                                super().batches(split, epoch=epoch, skip=skip, limit=limit)):
+            if (epoch, index) == self.kill:
+                raise KeyboardInterrupt
+            yield batch
+
+
+@pytest.mark.slow  # two stage runs, about 20 s
+def test_a_killed_run_keeps_its_tensorboard_curve_up_to_the_checkpoint_it_resumes_from(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kubefusion.train.recipe import tensorboard_writers
+
+    def stage(data):
+        job = tiny_job("fp32", epochs=3)
+        job.training.log_every_steps = 1
+        writer, writers = tensorboard_writers(tmp_path)
+        session = loop.Session(job=job, runtime=Runtime(rank=0, local_rank=0, world_size=1,
+                                                        device=torch.device("cpu"), backend=None),
+                               data=data, prepare=BatchPreparer(to_pixels, torch.device("cpu")), output=tmp_path,
+                               artifact_info={"content_key": "k", "classes": CLASSES,
+                                              "numeric_columns": TinyData.numeric_columns}, tensorboard=writer)
+        try:
+            loop.train_stage(session, loop.Stage("fused", cfg.MODALITIES, 0))
+        finally:
+            killed.append(writers)  # like a killed process: never flushed or closed here
+
+    def logged_steps():
+        events = EventAccumulator(str(tmp_path / "tensorboard" / "fused"))
+        events.Reload()
+        return [e.step for e in events.Scalars("train/loss")] if "train/loss" in events.Tags()["scalars"] else []
+
+    killed = []
+    with pytest.raises(KeyboardInterrupt):  # dies in step 4 (epoch 2); the newest checkpoint is step 3
+        stage(KilledAt(epoch=1, batch=2))
+    assert newest(tmp_path)["step"] == 3
+    assert logged_steps() == [1, 2, 3]
+    stage(TinyData())
+    for writer in killed[-1].values():
+        writer.close()
+    assert logged_steps() == [1, 2, 3, 4, 5, 6]
+    assert sorted(step_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]

@@ -91,16 +91,26 @@ def to_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """Structural-schema defaulting, as the API server does it before validation."""
+    """Structural-schema defaulting, as the API server does it before validation: a null in a field that is not
+    nullable is dropped when the field has no default (PruneNonNullableNullsWithoutDefaults), else defaulted."""
     if not isinstance(value, dict) or "properties" not in schema:
         return value
     value = copy.deepcopy(value)
     for key, sub in schema["properties"].items():
+        if key in value and value[key] is None and not sub.get("nullable") and "default" not in sub:
+            del value[key]
         if value.get(key) is None and not (key in value and sub.get("nullable")) and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
         if key in value:
             value[key] = apply_defaults(sub, value[key])
     return value
+
+
+# kube-openapi takes a whole float (JSON 3.0) as an integer; JSON Schema draft 4 does not.
+_API_SERVER_TYPES = jsonschema.Draft4Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, value: not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and value.is_integer())))
+ApiServerValidator = jsonschema.validators.extend(jsonschema.Draft4Validator, type_checker=_API_SERVER_TYPES)
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +122,7 @@ def crd_defaults(spec_schema: dict[str, Any]) -> Callable[[dict[str, Any]], dict
 @pytest.fixture(scope="session")
 def crd_errors(spec_schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]]:
     """Schema errors the API server would report for a spec (after defaulting), CEL rules included."""
-    validator = jsonschema.Draft4Validator(to_json_schema(spec_schema))
+    validator = ApiServerValidator(to_json_schema(spec_schema))
     rules = cel_rules(spec_schema, "spec")
 
     def errors(spec: dict[str, Any]) -> list[str]:
@@ -137,6 +147,32 @@ def status_errors(root_schema: dict[str, Any]) -> Callable[[dict[str, Any]], lis
     validator = jsonschema.Draft4Validator(to_json_schema(root_schema["properties"]["status"]))
     return lambda status: [f"status.{'.'.join(map(str, e.absolute_path))}: {e.message}"
                            for e in validator.iter_errors(status)]
+
+
+@pytest.fixture(scope="session")
+def crd_document_errors(root_schema: dict[str, Any]) -> Callable[[dict[str, Any]], list[str]]:
+    """What the API server refuses in a whole MultimodalTrainJob on create: the schema from the root (unknown
+    top-level fields, required spec), every CEL rule that does not compare with an old object, and a name."""
+    validator = ApiServerValidator(to_json_schema(root_schema))
+    rules = cel_rules(root_schema, "")
+
+    def errors(document: dict[str, Any]) -> list[str]:
+        document = apply_defaults(root_schema, document)
+        found = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                 for e in validator.iter_errors(document)]
+        if not (document.get("metadata") or {}).get("name"):
+            found.append("metadata.name: required")
+        if found:
+            return found
+        for path, schema, rule in rules:
+            if "oldSelf" in rule["rule"]:
+                continue
+            value = document if path == "" else lookup(document, path)
+            if value is not None and not eval_cel(rule["rule"], schema, value):
+                found.append(f"{path or '<root>'}: {rule['message']}")
+        return found
+
+    return errors
 
 
 def cel_rules(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:

@@ -4,6 +4,7 @@ trainer and the operator refuse, with its CEL rules doing what their messages sa
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -274,7 +275,8 @@ def _trainer_accepts(spec, path):
         trainer_config.job_from_dict({"apiVersion": trainer_config.API_VERSION, "kind": trainer_config.KIND,
                                       "metadata": {"name": "products"}, "spec": spec})
     except trainer_config.ConfigError as exc:
-        where = str(exc).split(":")[0]  # the trainer may name the section (spec.preprocessing) or the field
+        # the trainer may name the section (spec.preprocessing), the field or an item of it (hidden[1])
+        where = re.sub(r"\[\d+\]$", "", str(exc).split(":")[0])
         return not f"spec.{path}.".startswith(where + ".")
     return True
 

@@ -18,9 +18,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
-
-import yaml
+from typing import Any, Literal, NewType, get_args, get_origin, get_type_hints
 
 from kubefusion.errors import UserError
 
@@ -39,6 +37,10 @@ class ConfigError(UserError, ValueError):
 
 def _fail(path: str, message: str) -> None:
     raise ConfigError(f"{path}: {message}")
+
+
+Quantity = NewType("Quantity", str)
+"""A Kubernetes quantity (``32Gi``, ``500m``): the CRD takes a string or an integer; kept here as a string."""
 
 
 def _one_of(path: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -96,6 +98,8 @@ class DataConfig:
             _fail("spec.data", "validationFraction + testFraction must leave records for training")
         _one_of("spec.data.onBadRecord", self.on_bad_record, ("fail", "skip"))
         _one_of("spec.data.missingModality", self.missing_modality, ("drop", "keep"))
+        if "emptyDir" in self.source:
+            _fail("spec.data.source", "an emptyDir holds no data; name the volume the dataset is on")
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
@@ -317,11 +321,11 @@ class ResourcesConfig:
     """Pods (torchrun nodes). Locally: ignored (one machine)."""
     gpus_per_node: int = 4
     """GPUs per pod = processes per pod. Locally: processes, capped by the machine."""
-    shared_memory: str = "32Gi"
+    shared_memory: Quantity = Quantity("32Gi")
     """Size of the memory-backed /dev/shm (Kubernetes quantity)."""
-    cpu: str | None = None
+    cpu: Quantity | None = None
     """CPU request/limit per pod (Kubernetes quantity)."""
-    memory: str | None = None
+    memory: Quantity | None = None
     """Memory request/limit per pod (Kubernetes quantity)."""
 
     def __post_init__(self) -> None:
@@ -379,8 +383,10 @@ class JobConfig:
     """Folder of the job file; relative data paths resolve against it. Not part of the YAML."""
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.name) or len(self.name) > 63:
-            _fail("metadata.name", f"must be a DNS-1123 label of at most 63 characters (got {self.name!r})")
+        # The CRD's rule: Kubeflow derives Service names <name>-worker-<index> from it.
+        if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", self.name) or len(self.name) > 50:
+            _fail("metadata.name", "must be a lowercase DNS-1035 label (letters, digits, '-', starting with a "
+                  f"letter) of at most 50 characters (got {self.name!r})")
         _one_of("spec.backend", self.backend, BACKENDS)
 
     # ---- derived paths ------------------------------------------------------------------------------
@@ -452,13 +458,13 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, dict):
         _fail(path, f"must be a mapping (got {type(raw).__name__})")
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # Exactly the CRD's camelCase names: the API server knows no other spelling (learning_rate is unknown there).
+    names = {snake_to_camel(f.name): f.name for f in dataclasses.fields(cls) if f.init and f.name != "base_dir"}
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
-        name = camel_to_snake(str(key))
-        if name not in fields or name == "base_dir":
-            known = ", ".join(sorted(snake_to_camel(f) for f in fields if f != "base_dir"))
-            _fail(f"{path}.{key}", f"unknown field (known: {known})")
+        name = names.get(str(key))
+        if name is None:
+            _fail(f"{path}.{key}", f"unknown field (known: {', '.join(sorted(names))})")
         kwargs[name] = _coerce(hints[name], value, f"{path}.{key}")
     try:
         return cls(**kwargs)
@@ -481,22 +487,28 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, bool):
             _fail(path, f"must be true or false (got {value!r})")
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if tp is int:  # a whole float too (epochs: 3.0), as the API server takes it
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             _fail(path, f"must be an integer (got {value!r})")
-        return value
+        return int(value)
+    if tp is Quantity:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
+            _fail(path, f"must be a string or an integer (got {value!r})")
+        return Quantity(value if isinstance(value, str) else str(int(value)))
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(path, f"must be a number (got {value!r})")
         return float(value)
     if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if not isinstance(value, str):
             _fail(path, f"must be a string (got {value!r})")
-        return str(value)
+        return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             _fail(path, f"must be a list (got {value!r})")
-        return origin(value)
+        item = args[0] if args else Any
+        return origin(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             _fail(path, f"must be a mapping (got {value!r})")
@@ -505,23 +517,28 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
 
 
 def job_from_dict(doc: dict[str, Any], *, base_dir: str | Path = ".") -> JobConfig:
-    """Build a :class:`JobConfig` from a parsed `MultimodalTrainJob` document (pure)."""
+    """Build a :class:`JobConfig` from a parsed `MultimodalTrainJob` document (pure). The document must pass
+    what the API server checks (the CRD's schema, :mod:`kubefusion.crd`; a name in metadata) and the CEL rules
+    the dataclasses mirror."""
+    from kubefusion import crd  # noqa: PLC0415 (reads the CRD once, on first use)
+
     if not isinstance(doc, dict):
         raise ConfigError("job file: must be a YAML mapping with apiVersion, kind, metadata and spec")
     if doc.get("apiVersion") != API_VERSION:
         raise ConfigError(f"apiVersion: must be {API_VERSION} (got {doc.get('apiVersion')!r})")
     if doc.get("kind") != KIND:
         raise ConfigError(f"kind: must be {KIND} (got {doc.get('kind')!r})")
+    try:
+        doc = crd.check_document(doc)
+    except crd.SchemaError as exc:
+        raise ConfigError(str(exc)) from None
     meta = doc.get("metadata") or {}
-    spec = dict(doc.get("spec") or {})
-    top = {}
-    for key in ("data", "preprocessing", "model", "training", "resources", "monitoring", "scheduling",
-                "runPolicy", "storage", "image", "backend"):
-        if key in spec:
-            top[key] = spec.pop(key)
-    if spec:
-        _fail(f"spec.{next(iter(spec))}", "unknown field")
-    top["name"] = meta.get("name", "demo")
+    if not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise ConfigError("metadata.name: required (a lowercase name such as products)")
+    if not isinstance(meta.get("namespace", ""), str):
+        raise ConfigError(f"metadata.namespace: must be a string (got {meta['namespace']!r})")
+    top = dict(doc["spec"])
+    top["name"] = meta["name"]
     top["namespace"] = meta.get("namespace", "default")
     job = _build(JobConfig, top, "spec")
     job.base_dir = str(base_dir)
@@ -547,14 +564,32 @@ def job_to_dict(job: JobConfig) -> dict[str, Any]:
 
 
 def load_job_file(path: str | Path) -> JobConfig:
-    """Read a job YAML file. Errors name the file and the field."""
+    """Read a job YAML file as ``kubectl apply`` would (:func:`kubefusion.crd.load_yaml`). Errors name the file
+    and the field."""
+    import yaml  # noqa: PLC0415
+
+    from kubefusion.crd import load_yaml  # noqa: PLC0415
+
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such job file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give the job's YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the job file ({(exc.strerror or type(exc).__name__).lower()})") \
+            from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the job file as "
+                          "UTF-8, as kubectl expects") from None
+    try:
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     try:
         return job_from_dict(doc, base_dir=path.resolve().parent)
     except ConfigError as exc:
@@ -582,7 +617,7 @@ def demo(data_path: str = "builtin:demo") -> JobConfig:
         ),
         training=TrainingConfig(epochs=3, batch_size_per_gpu=64, learning_rate=2e-3, precision="fp32",
                                 checkpoint_every_steps=20, warmup_fraction=0.05, baselines=True),
-        resources=ResourcesConfig(nodes=1, gpus_per_node=2, shared_memory="1Gi"),
+        resources=ResourcesConfig(nodes=1, gpus_per_node=2, shared_memory=Quantity("1Gi")),
     )
 
 
@@ -600,7 +635,9 @@ def resnet50_bert_base(data_path: str = "products/") -> JobConfig:
             embed_dim=512,
         ),
         training=TrainingConfig(epochs=10, batch_size_per_gpu=64, learning_rate=3e-4, precision="bf16"),
-        resources=ResourcesConfig(nodes=2, gpus_per_node=4, shared_memory="32Gi"),
+        resources=ResourcesConfig(nodes=2, gpus_per_node=4, shared_memory=Quantity("32Gi")),
+        # Two nodes share their checkpoints: rank 0 writes them, every rank reads them after a restart.
+        storage={"checkpoints": {"persistentVolumeClaim": {"claimName": "checkpoints"}}},
     )
 
 

@@ -17,7 +17,9 @@ What the operator does with pods, this does on one machine, with the same job fi
    in ``DIR/model.pt`` and as ONNX in ``DIR/onnx`` (``spec.training.exportOnnx``), and ``DIR/status.json``
    holds what a cluster job's status shows (progress, validation, checkpoint, results).
 
-Running it again with the same ``--output`` resumes training from the newest checkpoints. A failing rank ends
+Running it again with the same ``--output`` resumes training from the newest checkpoints; the folder belongs to
+one training configuration (``OUT/run.json``, :mod:`kubefusion.train.runfolder`): a changed job is refused, naming
+what changed, unless ``--restart`` discards the old run. A failing rank ends
 the whole run (torchrun tears the others down) and this command prints one ``error:`` line; torchrun's full
 output is kept in ``DIR/logs/torchrun.log``.
 """
@@ -216,7 +218,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", action="store_true", required=True,
                         help="run on this machine (the only mode of this command; on a cluster use kubectl apply)")
     parser.add_argument("--output", type=Path, default=Path("runs/local"),
-                        help="folder for data, artifacts, checkpoints and results (default runs/local)")
+                        help="folder for data, artifacts, checkpoints and results (default runs/local); it belongs "
+                             "to one training configuration: run again with the same job to resume")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the run already in --output (checkpoints, models, results, curves; the data "
+                             "and preprocessing stay) and start over, e.g. after changing the job")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,9 +230,13 @@ def run(args: argparse.Namespace) -> int:
     from kubefusion.model import check_model_sources
     from kubefusion.train.atomic import make_output_dir
 
+    from kubefusion.train.runfolder import claim
+
     job = load_job_file(args.job)
     check_model_sources(job.model)  # seconds here, not after preprocessing, a data scan and torchrun start
     output = make_output_dir(args.output.resolve())
+    # The spec part now, in a second; training checks the data part once preprocessing knows it.
+    claim(output, job, restart=args.restart)
     logs = output / "logs"
     env = child_environment(plan_processes(job.resources, gpus=0, cpus=1), job, dict(os.environ))
 
@@ -252,7 +262,10 @@ def run(args: argparse.Namespace) -> int:
                                data=data_dir, port=free_port())
     print(f"[3/3] training: {plan.processes} process(es) on {plan.device} ({plan.backend}, "
           f"{plan.threads_per_process} thread(s) each)", flush=True)
-    for note in plan.notes:
+    notes = list(plan.notes)
+    if job.resources.nodes > 1 and not job.storage.get("checkpoints"):
+        notes.append("on a cluster this job needs spec.storage.checkpoints, a volume all its pods share")
+    for note in notes:
         print(f"      note: {note}", flush=True)
     print("      " + " ".join(command), flush=True)
     code, out = run_filtered(command, env=child_environment(plan, job, dict(os.environ)),

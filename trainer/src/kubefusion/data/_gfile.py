@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,15 +80,11 @@ def files_below(root: str) -> list[str]:
     return sorted(found)
 
 
-def sha256_and_size(path: str, chunk_bytes: int = 1 << 20) -> tuple[str, int]:
-    """sha256 of a file's contents and its length, read through ``tf.io.gfile`` in chunks."""
-    digest = hashlib.sha256()
-    size = 0
+def read_chunks(path: str, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """A file's contents through ``tf.io.gfile``, in chunks."""
     with open_binary(path) as fh:
         while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+            yield chunk
 
 
 @contextlib.contextmanager

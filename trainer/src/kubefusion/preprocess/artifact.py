@@ -60,9 +60,42 @@ OUTPUT_PIXELS = "pixel_values"
 OUTPUT_NUMERIC = "numeric"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, *, csv: bool = False) -> str:
+    """sha256 of a file's bytes; ``csv``: of its text as the CSV reader sees it (:func:`digest_chunks`)."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        if not csv:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        return digest_chunks(iter(lambda: f.read(1 << 20), b""), csv=True)[0]
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def digest_chunks(chunks: Iterable[bytes], *, csv: bool) -> tuple[str, int]:
+    """(sha256, bytes read) of a file read in chunks. ``csv``: the digest of the text the CSV reader sees, so
+    that converting a file's line endings (CRLF <-> LF) or saving it with a UTF-8 byte order mark changes
+    nothing: the records are the same, and so are the content key and the run's data identity."""
+    digest, size, carry, started = hashlib.sha256(), 0, b"", False
+    for chunk in chunks:
+        size += len(chunk)
+        if not csv:
+            digest.update(chunk)
+            continue
+        data = carry + chunk
+        if not started:
+            if len(data) < len(UTF8_BOM):
+                carry = data
+                continue
+            data, started = data.removeprefix(UTF8_BOM), True
+        carry = b"\r" if data.endswith(b"\r") else b""  # its \n may start the next chunk
+        digest.update(data[:len(data) - len(carry)].replace(b"\r\n", b"\n"))
+    if csv:
+        digest.update(carry if started else carry.removeprefix(UTF8_BOM))
+    return digest.hexdigest(), size
+
+
+def is_csv(rel: str) -> bool:
+    return rel.lower().endswith(".csv")
 
 
 def files_under(root: Path) -> list[Path]:
@@ -97,7 +130,8 @@ def data_fingerprint(data_root: str | Path, *, exclude_dirs: Iterable[str] = ("o
     """sha256 over every data file's relative path and contents.
 
     Contents, not modification times: each pod may synthesise or copy the same data at its own time, and all
-    of them must arrive at the same key. The out-of-distribution folder is left out; it does not change
+    of them must arrive at the same key. CSV files count by the text their rows are read from
+    (:func:`digest_chunks`): CRLF or LF line endings, with or without a byte order mark, are the same data. The out-of-distribution folder is left out; it does not change
     the training statistics. A URI root (``gs://``, ``file://``...) is read through ``tf.io.gfile`` with the
     same formula, so the same files give the same key wherever they live.
 
@@ -123,7 +157,7 @@ def data_fingerprint(data_root: str | Path, *, exclude_dirs: Iterable[str] = ("o
         entries = []
         # The stat comes before the read: a write during the read leaves a newer mtime than the one cached.
         for rel, path, stat in _counted_local_files(root, counted):
-            sha = _cached_digest(known, rel, stat.st_size, stat.st_mtime_ns) or sha256_file(path)
+            sha = _cached_digest(known, rel, stat.st_size, stat.st_mtime_ns) or sha256_file(path, csv=is_csv(rel))
             entries.append(FileDigest(rel, sha, stat.st_size, stat.st_mtime_ns))
     if not entries:
         raise ArtifactError(f"{data_root}: no data files to fingerprint")
@@ -171,7 +205,8 @@ class FileDigest(NamedTuple):
 # os.replace), so concurrent pods never interleave; the last one wins.
 
 FINGERPRINT_CACHE_DIR = ".fingerprints"
-DIGEST_CACHE_VERSION = 1
+DIGEST_CACHE_VERSION = 2
+"""2: CSV digests are of their text (line endings normalised); a version-1 cache holds raw-byte digests."""
 RACY_SECONDS = 5
 """A file modified this recently (before the run started) is not cached: it could be rewritten again within the
 file system's timestamp granularity (2 s on FAT, 1 s through some object stores, a clock tick on ext4) with the
@@ -262,7 +297,7 @@ def _uri_file_digests(root: str, counted: Callable[[str], bool], known: dict[str
             size, mtime_ns = int(info.length), int(info.mtime_nsec) or None
         sha = _cached_digest(known, rel, size, mtime_ns)
         if sha is None:
-            sha, read = _gfile.sha256_and_size(path)
+            sha, read = digest_chunks(_gfile.read_chunks(path), csv=is_csv(rel))
             if read != size:  # changed since the stat (or not stat'ed): nothing trustworthy to cache
                 size, mtime_ns = read, None
         return FileDigest(rel, sha, size, mtime_ns)

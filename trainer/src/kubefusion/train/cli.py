@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ARTIFACTS folder written by `kubefusion preprocess`")
     parser.add_argument("--output", required=True, type=Path,
                         help="folder for checkpoints, model.pt, TensorBoard logs and results (resumes from it)")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the run already in --output (checkpoints, models, results, curves) and start "
+                             "over; without it a folder trained with another configuration is refused. Never put it "
+                             "in a cluster job's command: every pod restart would start over")
     parser.add_argument("--data", type=str, default=None,
                         help="dataset folder or URI to use instead of spec.data.path (as given to `kubefusion preprocess`)")
 
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = False
     runtime = distributed.setup(job.training.collective_timeout_seconds)
     try:
-        run_recipe(job, artifacts=args.artifacts, output=args.output, runtime=runtime, data_dir=args.data)
+        run_recipe(job, artifacts=args.artifacts, output=args.output, runtime=runtime, data_dir=args.data,
+                   restart=args.restart)
     finally:
         distributed.teardown()
     return 0

@@ -205,7 +205,7 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
                 "samples_in_epoch": next_batch * training.batch_size_per_gpu * rt.world_size}
 
     def save(next_epoch: int, next_batch: int) -> None:
-        report.flush()  # the per-step log must reach the checkpoint's step before a kill can lose it
+        report.flush(to_disk=True)  # every step logged so far is on disk before the checkpoint that resumes after it
         if rt.is_main:
             path = ckpt.save_checkpoint(checkpoints, snapshot(next_epoch, next_batch), keep=training.keep_checkpoints)
             log.debug("checkpoint %s", path)
@@ -352,8 +352,14 @@ class _Reporter:
             if self.metrics:
                 self.metrics.observe_gpu_memory()
 
-    def flush(self) -> None:
-        """Report the buffered steps (one device-to-host copy for all of them)."""
+    def flush(self, *, to_disk: bool = False) -> None:
+        """Report the buffered steps (one device-to-host copy for all of them). ``to_disk``: also write out
+        TensorBoard's buffered events; a resume purges what comes after its checkpoint, and keeps what is before
+        it only if it reached the disk (the writer otherwise holds it for up to two minutes)."""
+        if to_disk and self.writer is not None:
+            self.flush()
+            self.writer.flush()
+            return
         if not self.pending:
             return
         values = torch.stack([p.totals for p in self.pending]).cpu().tolist()
@@ -414,13 +420,30 @@ def _newest_valid(directory: Path) -> str | None:
 
 
 def _check_compatible(path: Path, state: dict[str, Any], model_info: dict[str, Any]) -> None:
-    """A checkpoint from another data set or architecture cannot continue this run."""
+    """A checkpoint of another training configuration, data set or architecture cannot continue this run; the
+    refusal names what differs, old -> new."""
+    from kubefusion.train.runfolder import differences
+
     saved = state["model_info"]
-    for key in ("content_key", "classes", "modalities", "model_spec", "num_numeric_features"):
-        if saved.get(key) != model_info.get(key):
-            raise ArtifactError(
-                f"{path}: written for a different {key.replace('_', ' ')} than this job has; resume with the "
-                "same job and artifacts, or give a fresh --output")
+    changed = []
+    if saved.get("run") and model_info.get("run"):
+        changed = differences(saved["run"], model_info["run"])
+    for key in ("content_key", "classes", "modalities", "num_numeric_features", "model_spec"):
+        if not changed and saved.get(key) != model_info.get(key):
+            changed += [f"{name} {old} -> {new}" for name, old, new in _leaf_changes(
+                key.replace("_", " "), saved.get(key), model_info.get(key))]
+    if changed:
+        raise ArtifactError(
+            f"{path}: written for another configuration ({'; '.join(changed)}); resume with the job and data it "
+            "was trained with, or start over (a new --output, or --restart)")
+
+
+def _leaf_changes(name: str, old: Any, new: Any) -> list[tuple[str, str, str]]:
+    """(dotted name, old, new) of every leaf that differs between two nested values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(old) | set(new), key=str)
+                for change in _leaf_changes(f"{name}.{key}", old.get(key), new.get(key))]
+    return [] if old == new else [(name, json.dumps(old), json.dumps(new))]
 
 
 def _check_same_layout(path: Path, state: dict[str, Any], layout: dict[str, int], checkpoints: Path) -> None:

@@ -21,7 +21,8 @@ import torch
 from kubefusion.config import MODALITIES, JobConfig
 from kubefusion.errors import ArtifactError
 from kubefusion.train.data import EVAL_SPLITS, TrainingData, load_training_data
-from kubefusion.train.distributed import Runtime, all_gather_object, barrier
+from kubefusion.train import runfolder
+from kubefusion.train.distributed import Runtime, all_gather_object, barrier, broadcast_object
 from kubefusion.train.evaluate import evaluate
 from kubefusion.train.loop import Session, Stage, precision_setup, stage_steps, train_stage
 from kubefusion.train.prefetch import BatchPreparer, available_cpus, preprocess_threads
@@ -80,8 +81,25 @@ def data_root(job: JobConfig, artifacts: Path, explicit: str | Path | None) -> s
     return data_root_for(job, artifacts)
 
 
+def claim_run_folder(job: JobConfig, output: Path, manifest: dict[str, Any], *, is_main: bool,
+                     restart: bool) -> dict[str, Any]:
+    """Rank 0 makes ``output`` this configuration's run folder (:func:`runfolder.claim`, with the data now
+    known) or refuses; every rank gets the verdict, so all of them stop together on a refusal."""
+    verdict: dict[str, Any] = {}
+    if is_main:
+        try:
+            verdict = {"record": runfolder.claim(output, job, data=runfolder.data_identity(manifest),
+                                                 restart=restart)}
+        except runfolder.RunFolderError as exc:
+            verdict = {"error": str(exc)}
+    verdict = broadcast_object(verdict)
+    if "error" in verdict:
+        raise runfolder.RunFolderError(verdict["error"])
+    return verdict["record"]
+
+
 def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtime,
-               data_dir: str | Path | None = None) -> dict[str, Any]:
+               data_dir: str | Path | None = None, restart: bool = False) -> dict[str, Any]:
     from kubefusion.data.tokenizer import load_tokenizer
     from kubefusion.preprocess.artifact import TOKENIZER_DIR, job_content_key
     from kubefusion.preprocess.runtime import Preprocessor
@@ -94,6 +112,7 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
                                      content_key=own_key)
     check_same_artifact(preprocessor.content_key, runtime.rank)
     manifest = preprocessor.manifest
+    run = claim_run_folder(job, Path(output), manifest, is_main=runtime.is_main, restart=restart)
     tokenizer = load_tokenizer(str(preprocessor.artifact_dir / TOKENIZER_DIR))
     root = data_root(job, artifacts, data_dir)
     data = load_training_data(job, root, manifest=manifest, tokenizer=tokenizer, rank=runtime.rank,
@@ -114,12 +133,12 @@ def run_recipe(job: JobConfig, *, artifacts: Path, output: Path, runtime: Runtim
     session = Session(job=job, runtime=runtime, data=data, prepare=make_prepare(preprocessor, runtime.device),
                       output=output, metrics=metrics, tensorboard=tensorboard, progress=progress,
                       artifact_info={"content_key": preprocessor.content_key, "classes": data.classes,
-                                     "numeric_columns": data.numeric_columns})
+                                     "numeric_columns": data.numeric_columns, "run": run})
     autocast, _ = precision_setup(job.training.precision, runtime.device)
     results: dict[str, Any] = {"job": job.name, "fusion_type": job.model.fusion.type, "modalities": list(MODALITIES),
                                "classes": data.classes, "sizes": data.sizes(), "precision": job.training.precision,
                                "processes": runtime.world_size, "content_key": preprocessor.content_key,
-                               "baselines": {}, "ablation": {}}
+                               "configuration": run, "baselines": {}, "ablation": {}}
     try:
         for stage in stages:
             model = train_stage(session, stage)

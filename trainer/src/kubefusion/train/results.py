@@ -2,7 +2,8 @@
 
 ``results.json`` keys other tools rely on: ``fused.<split>.top1`` (validation, test, ood), ``baselines.<modality>
 .<split>.top1``, ``ablation.without_<modality>.<split>.top1``, ``best_achievable.top1`` (demo data) and
-``summary`` (the fusion gain over the best single modality, in points). Accuracies are fractions in [0, 1];
+``summary`` (the fusion gain over the best single modality, in points) and ``configuration`` (the run record the
+models come from: every spec field that shapes them, the data, the fingerprint; :mod:`kubefusion.train.runfolder`). Accuracies are fractions in [0, 1];
 the Markdown table shows percentages.
 """
 
@@ -71,6 +72,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     sizes = results.get("sizes")
     if sizes:
         lines.append("Records per split: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ".")
+        if "ood" not in sizes:
+            lines.append("No out-of-distribution split (hence the empty OOD column): put one in an `ood` folder "
+                         "under the data, or name it in spec.data.oodPath.")
     s = results.get("summary", {})
     for split, label in (("test", "test"), ("ood", "out-of-distribution")):
         if f"fusion_gain_{split}_points" in s:
@@ -79,6 +83,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     if "gap_to_best_achievable_test_points" in s:
         lines.append(f"Fused model vs the best achievable on test: {-s['gap_to_best_achievable_test_points']:+.2f} "
                      "points.")
+    run = results.get("configuration")
+    if run:
+        lines.append(f"Training configuration {run['fingerprint']}: every field that shapes the model is under "
+                     "\"configuration\" in results.json.")
     return "\n".join(lines) + "\n"
 
 
