@@ -107,3 +107,36 @@ def test_a_killed_rank_is_the_reason_not_the_peer_errors_it_causes():
         "Root Cause (first observed failure):", "[0]:", "  rank      : 1 (local_rank: 1)",
         "  exitcode  : -9 (pid: 30035)  (SIGKILL)"])
     assert out.reason() == "rank 1 was killed by SIGKILL"
+
+
+TORCHRUN_FAILURE = [
+    "E1204 21:01:32.634000 10197 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -11) "
+    "local_rank: 0 (pid: 10216) of binary: /venv/bin/python",
+    "Traceback (most recent call last):",
+    '  File "<frozen runpy>", line 198, in _run_module_as_main',
+    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+    "=======================================================",
+    "kubefusion FAILED",
+    "Root Cause (first observed failure):",
+    "[0]:",
+    "  rank      : 0 (local_rank: 0)",
+    "  exitcode  : -11 (pid: 10216)  (SIGSEGV)",
+    "=======================================================",
+]
+
+
+def test_torchruns_own_traceback_and_report_are_never_echoed():
+    out, echo = feed(["[fused] resuming from x", *TORCHRUN_FAILURE])
+    assert echo == "[fused] resuming from x\n"
+    assert out.reason() == "rank 0 was killed by SIGSEGV"
+
+
+def test_nothing_is_echoed_once_the_run_is_being_stopped():
+    echo = io.StringIO()
+    out = OutputFilter(io.StringIO(), echo)
+    out.feed("fused: step 26\n")
+    out.mute()  # Ctrl-C: what torchrun prints as it stops (its SignalException traceback) is for the log only
+    for line in ["torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 15",
+                 "W1204 21:01:32.634000 1 api.py:1] Sending process 8 closing signal SIGTERM"]:
+        out.feed(line + "\n")
+    assert echo.getvalue() == "fused: step 26\n"

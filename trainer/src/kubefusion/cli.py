@@ -3,7 +3,8 @@
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; only the
 chosen one is imported, so ``kubefusion --help`` and ``kubefusion data validate`` never pay for importing
 TensorFlow or torch they do not use. A :class:`~kubefusion.errors.UserError` becomes one ``error:`` line on
-stderr and exit code 2; a rank's failure under torchrun surfaces the same way.
+stderr and exit code 2; a rank's failure under torchrun surfaces the same way. So does an ``OSError`` about a
+path (a folder where a file was expected, a permission): the input's problem, not a traceback (``-v`` shows it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 
 from kubefusion import __version__
@@ -29,12 +31,28 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 ]
 
 
-def _usage() -> str:
-    lines = [f"kubefusion {__version__}: multimodal training, local or on Kubernetes", "", "commands:"]
+def _usage(group: str | None = None) -> str:
+    head = f"kubefusion {group}: " if group else f"kubefusion {__version__}: multimodal training, local or on Kubernetes"
+    lines = [head.rstrip(": ") + (" commands" if group else ""), "", "commands:"]
     for words, _, help_ in COMMANDS:
-        lines.append(f"  {' '.join(words):<16} {help_}")
+        if group is None or words[0] == group:
+            lines.append(f"  {' '.join(words):<16} {help_}")
     lines += ["", "run 'kubefusion COMMAND --help' for a command's options"]
     return "\n".join(lines)
+
+
+GROUPS = {words[0] for words, _, _ in COMMANDS if len(words) > 1}
+"""First words that only name a group of commands (``data``): ``kubefusion data --help`` lists them."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that an option's value may start with a minus sign and a digit or a dot
+    (``--numeric -0.19,0.7``): argparse alone takes only a plain negative number (``-0.19``) for a value, and
+    reads ``-0.19,0.7`` as an unknown option. No kubefusion option looks like that, so nothing is ambiguous."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
 
 def _find(argv: list[str]) -> tuple[tuple[str, ...], str, str] | None:
@@ -55,11 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     entry = _find(argv)
     if entry is None:
-        print(_usage(), file=sys.stderr)
+        group = argv[0] if argv[0] in GROUPS else None
+        if group and (len(argv) == 1 or argv[1] in ("-h", "--help", "help")):
+            print(_usage(group), file=sys.stdout if len(argv) > 1 else sys.stderr)
+            return 0 if len(argv) > 1 else 2
+        print(_usage(group), file=sys.stderr)
         print(f"\nerror: unknown command {' '.join(argv[:2])!r}", file=sys.stderr)
         return 2
     words, module_name, help_ = entry
-    parser = argparse.ArgumentParser(prog="kubefusion " + " ".join(words), description=help_)
+    parser = Parser(prog="kubefusion " + " ".join(words), description=help_)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     module = importlib.import_module(module_name)
     module.add_arguments(parser)
@@ -78,3 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.filename is None or args.verbose:
+            raise  # not about a path the user gave: a bug to see in full (or -v asked for the traceback)
+        print(f"error: {exc.filename}: {(exc.strerror or type(exc).__name__).lower()}", file=sys.stderr)
+        return 2

@@ -123,7 +123,7 @@ def free_port() -> int:
 
 # Library chatter (absl/glog lines such as "I0000 00:00:... port.cc:153] oneDNN custom operations are on", TensorFlow's
 # deprecation notices from tf2onnx) says nothing to a user; it stays in the log file only.
-_NOISE = re.compile(r"^(?:[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\] |WARNING: All log messages before absl"
+_NOISE = re.compile(r"^(?:[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\] |WARNING: All log messages before absl"
                     r"|To enable the following instructions|.*oneDNN |From /.* is deprecated|Instructions for "
                     r"updating:|This API was designed for TensorFlow v1|Assets written to: )")
 _WORKER_ERROR = re.compile(r"^error(?: \(rank (\d+)\))?: ")
@@ -133,10 +133,13 @@ _EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 
 
 class OutputFilter:
-    """Passes a child's stderr through (minus noise) and remembers what explains a failure."""
+    """Passes a child's stderr through (minus noise) and remembers what explains a failure. From the first
+    Python traceback on (a failing run: torchrun's own ChildFailedError report, or its SignalException when
+    Ctrl-C stops it) nothing more is echoed: the one ``error:`` line and the log file say it all."""
 
     def __init__(self, log: IO[str], echo: IO[str]):
         self.log, self.echo = log, echo
+        self.muted = False
         self.worker_error: str | None = None
         self.exception: str | None = None
         self.failed_rank: str | None = None
@@ -163,9 +166,14 @@ class OutputFilter:
             self.root_rank = m.group(1)
         if self._in_root_cause and (m := _EXIT.match(text)) and self.root_exit_code is None:
             self.root_exit_code = int(m.group(1))
-        if self.worker_error is None and self.exception is None and not _NOISE.match(text):
+        self.muted = self.muted or text.startswith("Traceback (most recent call last)")
+        if not self.muted and self.worker_error is None and self.exception is None and not _NOISE.match(text):
             self.echo.write(line)
             self.echo.flush()
+
+    def mute(self) -> None:
+        """Echo nothing more (the run is being stopped: what the child prints as it dies is for the log)."""
+        self.muted = True
 
     def reason(self) -> str:
         if self.root_rank is not None and self.root_exit_code is not None and self.root_exit_code < 0:
@@ -203,8 +211,10 @@ def run_filtered(command: list[str], *, env: dict[str, str], log_path: Path) -> 
         try:
             code = proc.wait()
         except KeyboardInterrupt:
+            out.mute()
             os.killpg(proc.pid, 15)  # torchrun forwards it to its workers
             proc.wait()
+            reader.join(timeout=10)
             raise
         reader.join(timeout=10)
     return code, out

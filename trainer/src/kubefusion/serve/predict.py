@@ -170,6 +170,8 @@ class Server:
 def read_model_info(folder: Path) -> dict[str, Any]:
     """model.json, checked for what serving reads from it; a missing or damaged file is one ArtifactError."""
     path = folder / MODEL_INFO
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"--artifacts {folder}: a file, not a folder; give the folder `kubefusion export` wrote")
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
