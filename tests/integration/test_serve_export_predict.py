@@ -88,16 +88,28 @@ def trained(job_and_artifacts, tmp_path_factory):
 def exported(trained, job_and_artifacts, tmp_path_factory):
     """Exported from `kubefusion run --local`'s layout (OUT/model.pt beside OUT/artifacts) without --artifacts:
     the export finds the run's preprocessing by the checkpoint's content key."""
-    from kubefusion.cli import main
-
     _, checkpoint, _, _ = trained
     run = tmp_path_factory.mktemp("runs") / "demo"
     run.mkdir()
     (run / "artifacts").symlink_to(job_and_artifacts[2], target_is_directory=True)
     shutil.copy(checkpoint, run / "model.pt")
     out = tmp_path_factory.mktemp("export") / "served"
-    assert main(["export", "--checkpoint", str(run / "model.pt"), "--out", str(out)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "kubefusion", "export", "--checkpoint", str(run / "model.pt"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    EXPORT_OUTPUT.update(stdout=proc.stdout, stderr=proc.stderr)
     return out
+
+
+EXPORT_OUTPUT: dict[str, str] = {}
+
+
+def test_export_says_where_the_preprocessing_came_from_and_the_parity_and_nothing_else(exported):
+    lines = EXPORT_OUTPUT["stderr"].splitlines()
+    assert len(lines) == 2, EXPORT_OUTPUT["stderr"][-3000:]  # no converter or optimiser chatter
+    assert lines[0].startswith("preprocessing ") and "found by the checkpoint's content key" in lines[0]
+    assert lines[1].startswith("exported ") and "max |torch - onnxruntime|" in lines[1]
+    assert EXPORT_OUTPUT["stdout"] == f"{exported}\n"
 
 
 def _predict(argv):

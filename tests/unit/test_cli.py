@@ -56,3 +56,15 @@ def test_an_os_error_about_a_path_is_one_line_unless_verbose(capsys, monkeypatch
     assert (code, err) == (2, f"error: {tmp_path / 'x' / 'y'}: not a directory\n")
     with pytest.raises(NotADirectoryError):
         cli.main(["run", "job.yaml", "--local", "-v"])
+
+
+@pytest.mark.parametrize("command", ["preprocess", "train"])
+def test_a_missing_data_flag_folder_is_named_by_the_flag(capsys, tmp_path, command):
+    from pathlib import Path
+
+    job = Path(__file__).parents[2] / "examples" / "local-job.yaml"
+    out = ["--out", str(tmp_path / "a")] if command == "preprocess" else \
+        ["--artifacts", str(tmp_path / "a"), "--output", str(tmp_path / "o")]
+    code, _, err = run(capsys, command, "--config", str(job), *out, "--data", str(tmp_path / "nodata"))
+    assert code == 2 and err == f"error: --data {tmp_path / 'nodata'}: no such folder (the dataset folder to use " \
+                                "instead of spec.data.path)\n"

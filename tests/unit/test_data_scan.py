@@ -99,7 +99,15 @@ def _missing_file(root: Path) -> str:
     return "manifest.csv line 7: missing file: image"
 
 
+def _unsupported_image(root: Path) -> str:
+    image = root / "images" / "r005.png"
+    Image.open(image).save(root / "images" / "r005.tiff")
+    image.unlink()
+    return "r005.tiff: image format not read: id 'r005': images are read in .png, .jpg, .jpeg, .gif, .bmp, .webp"
+
+
 BAD_KINDS = {
+    "unsupported_image": _unsupported_image,
     "unparsable_row": _unparsable,
     "non_numeric": _non_numeric,
     "duplicate_id": _duplicate,
@@ -151,7 +159,7 @@ def test_every_bad_kind_at_once_counts_under_skip_and_fail_stops_at_the_first(id
     result = scan(cfg(on_bad_record="skip"), root)
     report = result.report
     assert report.bad == {"missing_file": 0, "corrupt_image": 1, "unparsable_row": 3, "non_numeric": 2,
-                          "duplicate_id": 2, "label_conflict": 1, "unknown_label": 0}
+                          "duplicate_id": 2, "label_conflict": 1, "unknown_label": 0, "unsupported_image": 0}
     assert report.missing == {"image": 1, "text": 2, "numeric": 1}  # r009 image; r010 + r999 text; r999 numeric
     assert report.unlabeled == 1 and report.dropped_incomplete == 2
     dropped = {1, 2, 3, 4, 6, 7, 8, 9, 10}
@@ -306,7 +314,8 @@ def test_manifest_with_every_bad_kind_counts_under_skip_and_fails_at_the_first(i
 
     result = scan(cfg(manifest="manifest.csv", on_bad_record="skip"), root, classes=["c0", "c1", "c2"])
     assert result.report.bad == {"missing_file": 1, "corrupt_image": 1, "unparsable_row": 1, "non_numeric": 1,
-                                 "duplicate_id": 1, "label_conflict": 0, "unknown_label": 1}
+                                 "duplicate_id": 1, "label_conflict": 0, "unknown_label": 1,
+                                 "unsupported_image": 0}
     assert [r.id for r in result.records] == ["r000", "r005", "r007", "r009"]
     with pytest.raises(DataError, match=r"manifest\.csv line 3: missing file: image .*gone\.png of id 'r001'"):
         scan(cfg(manifest="manifest.csv"), root, classes=["c0", "c1", "c2"])
@@ -376,3 +385,47 @@ def test_empty_text_and_all_empty_numeric_rows_are_missing_modalities_in_both_la
         assert result["r003"].mask == (True, True, False) and result["r003"].numeric.tolist() == [0.0, 0.0]
     dropped = scan(cfg(), root)
     assert dropped.report.missing == {"image": 0, "text": 1, "numeric": 1} and dropped.report.joined == 10
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "GIF", "BMP"])
+def test_every_format_serving_reads_is_an_image_and_other_files_are_left_alone(id_dataset, fmt):
+    root = id_dataset()
+    image = root / "images" / "r005.png"
+    Image.open(image).save(root / "images" / f"r005.{fmt.lower()}", format=fmt, **(
+        {"lossless": True} if fmt == "WEBP" else {}))
+    image.unlink()
+    (root / "images" / "README.txt").write_text("not an id")
+    result = scan(cfg(), root)
+    record = next(r for r in result.records if r.id == "r005")
+    assert record.image_path.endswith(f"r005.{fmt.lower()}") and record.mask == (True, True, True)
+    assert result.report.joined == 12 and result.report.ignored_files == 1
+
+
+@pytest.mark.parametrize("without", ["numeric.csv", "text.csv"])
+def test_one_file_carrying_the_label_is_enough(id_dataset, without):
+    root = id_dataset()
+    write_rows(root / without, [row[:-1] for row in rows(root / without)])  # label is the last column
+    result = scan(cfg(), root)
+    assert result.report.joined == 12 and result.report.bad_total == 0
+    assert result.numeric_columns == ["feature1", "feature2"]
+    assert {r.id: result.classes[r.label] for r in result.records} == {f"r{k:03d}": f"c{k % 3}" for k in range(12)}
+
+
+def test_without_a_label_in_either_file_the_scan_says_so(id_dataset):
+    root = id_dataset()
+    for name in ("numeric.csv", "text.csv"):
+        write_rows(root / name, [row[:-1] for row in rows(root / name)])
+    with pytest.raises(DataError, match="neither text.csv nor numeric.csv has a label column"):
+        scan(cfg(), root)
+
+
+def test_a_text_of_any_length_is_read_not_refused(id_dataset):
+    from kubefusion.serve.dataset import read_dataset
+
+    root = id_dataset()
+    long_text = "word " * 60_000  # 300 KB: over the csv module's default 128 KiB cell limit
+    edit_row(root / "text.csv", "r005", lambda row: [row[0], long_text, row[2]])
+    result = scan(cfg(), root)
+    assert result.report.bad_total == 0 and next(r for r in result.records if r.id == "r005").text == long_text
+    served = {r.id: r for r in read_dataset(root, ["c0", "c1", "c2"], ["feature1", "feature2"])}
+    assert served["r005"].text == long_text

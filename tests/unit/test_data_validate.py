@@ -72,3 +72,43 @@ def test_nothing_joins_exits_1(tmp_path, capsys):
 def test_missing_folder_is_one_error_line(tmp_path, capsys):
     assert main(["data", "validate", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such dataset folder"
+
+
+def _manifest_only(id_dataset):
+    """A dataset of one manifest.csv (its image column relative to it), no text.csv or numeric.csv."""
+    root = id_dataset(6)
+    table = [["id", "image", "text", "feature1", "label"]]
+    table += [[f"r{k:03d}", f"images/r{k:03d}.png", f"record {k}", str(k), f"c{k % 3}"] for k in range(6)]
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(table)
+    (root / "text.csv").unlink()
+    (root / "numeric.csv").unlink()
+    return root
+
+
+def test_a_manifest_is_given_however_the_user_points_at_it(id_dataset, tmp_path, capsys, monkeypatch):
+    root = _manifest_only(id_dataset)
+    monkeypatch.chdir(tmp_path)
+    relative = root.relative_to(tmp_path)
+    for argv in ([str(root / "manifest.csv")],                           # the file itself
+                 [str(relative), "--manifest", str(relative / "manifest.csv")],  # a path from here, not DIR/DIR/...
+                 [str(root), "--manifest", "manifest.csv"]):              # a name in DIR
+        assert main(["data", "validate", *argv, "--json", "--no-ood"]) == 0, argv
+        out = json.loads(capsys.readouterr().out)
+        assert out["joined"] == 6 and out["layout"] == "manifest", argv
+
+
+def test_messages_name_the_flags_the_user_typed_not_job_fields(id_dataset, capsys):
+    root = _manifest_only(id_dataset)
+    assert main(["data", "validate", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "spec.data" not in err
+    assert "or a manifest CSV given with --manifest); found manifest.csv: if it is a manifest" in err
+    assert "give --manifest manifest.csv, or the file itself as the dataset" in err
+
+    with open(root / "manifest.csv", "a", newline="") as fh:
+        csv.writer(fh).writerow(["r009", "images/r009.png", "text", "nine", "c0"])
+    assert main(["data", "validate", str(root / "manifest.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "spec.data" not in err
+    assert "(--on-bad-record is fail; give --on-bad-record skip to drop and count such records)" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,43 @@ def test_unparsable_csv_is_an_error_naming_the_line(tmp_path):
     (tmp_path / "text.csv").write_bytes(b"id,text\na,\xff\xfe\n")
     with pytest.raises(DataError, match=r"text.csv line 2: not valid UTF-8"):
         read_dataset(tmp_path, CLASSES, COLUMNS)
+
+
+def test_serving_reads_the_image_formats_training_reads_and_refuses_any_other(tmp_path):
+    from PIL import Image
+
+    from kubefusion.serve.images import decode_image
+
+    _write(tmp_path, "text.csv", "id,text\na,hello\nb,world\n")
+    (tmp_path / "images").mkdir()
+    picture = Image.new("RGB", (8, 8), (200, 30, 60))
+    picture.save(tmp_path / "images" / "a.webp", lossless=True)
+    (tmp_path / "images" / ".DS_Store").write_bytes(b"")  # a hidden file is no one's image
+    records = _by_id(read_dataset(tmp_path, CLASSES, COLUMNS))
+    assert records["a"].image_path.endswith("a.webp") and records["a"].mask[0]
+    assert decode_image(records["a"].image_path, 8)[0, 0].tolist() == [200, 30, 60]
+
+    picture.save(tmp_path / "images" / "b.tiff")  # never predicted without its image, silently
+    with pytest.raises(DataError, match=r"b.tiff: not an image format the model reads \(.png, .jpg, .jpeg, .gif, "
+                                        r".bmp, .webp\)"):
+        read_dataset(tmp_path, CLASSES, COLUMNS)
+    picture.save(tmp_path / "disguised.png", format="TIFF")  # by content too: training could not decode it
+    with pytest.raises(DataError, match="disguised.png: a TIFF image; training reads .png, .jpg"):
+        decode_image(tmp_path / "disguised.png", 8)
+
+
+def test_predict_takes_a_manifest_as_data_validate_does(tmp_path, monkeypatch):
+    from kubefusion.data.location import dataset_location
+
+    _write(tmp_path / "set", "manifest.csv", "id,image,text,height,weight\na,,hello,1,2\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"set: none of images/, text.csv, numeric.csv \(or a manifest CSV: the file "
+                                        r"itself, or --manifest\); found manifest.csv: .* give --manifest "
+                                        r"manifest.csv"):
+        read_dataset(Path("set"), CLASSES, COLUMNS)
+    for given, manifest in (("set/manifest.csv", None), ("set", "set/manifest.csv"), ("set", "manifest.csv")):
+        where = dataset_location(given, manifest)
+        assert (where.root, where.manifest) == ("set", "manifest.csv"), (given, manifest)
+        assert list(_by_id(read_dataset(Path(where.root) / where.manifest, CLASSES, COLUMNS))) == ["a"]
+    with pytest.raises(DataError, match="give either the manifest CSV itself, or its folder and --manifest"):
+        dataset_location("set/manifest.csv", "manifest.csv")

@@ -37,3 +37,25 @@ def test_absolute_local_paths_stand_and_a_missing_default_ood_folder_is_none(tmp
     assert job.data_dir == tmp_path
     assert job.ood_dir is None
 
+
+
+def test_backbone_and_tokenizer_folders_resolve_against_the_job_files_folder_too(tmp_path, monkeypatch):
+    from transformers import BertConfig
+
+    from kubefusion.model import check_model_sources
+
+    jobs = tmp_path / "jobs"
+    BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=16).save_pretrained(jobs / "models" / "bert-small")
+    job_file = jobs / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "apiVersion": cfg.API_VERSION, "kind": cfg.KIND, "metadata": {"name": "products"},
+        "spec": {"model": {"text": {"backbone": "models/bert-small", "pretrained": False},
+                           "vision": {"backbone": "microsoft/resnet-50", "pretrained": False}},
+                 "preprocessing": {"tokenizer": "./tokenizers/mine"}}}))
+    monkeypatch.chdir(tmp_path)  # not the job file's folder: a path relative to here would not be found
+    job = load_job_file(job_file)
+    assert job.model.text.backbone == str(jobs / "models" / "bert-small")
+    assert job.model.vision.backbone == "microsoft/resnet-50"  # a hub name stays a name
+    assert job.preprocessing.tokenizer == str(jobs / "tokenizers" / "mine")  # named where it was looked for
+    check_model_sources(job.model)

@@ -86,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words):])
+    # kubefusion's own progress at INFO; the libraries (the ONNX optimiser's hundred "Removed N unused nodes",
+    # "Replaced initializer ..." lines) only when they warn, or all of it with -v.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
+    logging.getLogger("kubefusion").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(module.run(args) or 0)
     except UserError as exc:

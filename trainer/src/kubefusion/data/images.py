@@ -17,8 +17,20 @@ import numpy as np
 
 from kubefusion.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-"""Files in ``images/`` with these suffixes (any case) are images; the stem is the record id."""
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+"""Files in ``images/`` with these suffixes (any case) are images; the stem is the record id. The formats that
+TensorFlow's decoder (training) and PIL (serving) both read, to the same pixels (tested)."""
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+"""The same formats by content, as PIL names them: serving refuses any other (a TIFF PIL could read would get
+pixels training never saw)."""
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def formats_text() -> str:
+    return ", ".join(IMAGE_EXTENSIONS)
 
 
 def _tf() -> Any:
@@ -63,7 +75,7 @@ def decode_and_resize(contents: Any, image_size: int) -> Any:
 
 
 def decode_image_file(path: str | Path, image_size: int) -> np.ndarray:
-    """Read one JPEG or PNG (local path or URI) and return uint8 [image_size, image_size, 3], exactly as the
+    """Read one image (:data:`IMAGE_FORMATS`; local path or URI) and return uint8 [image_size, image_size, 3], exactly as the
     training pipeline would. Raises :class:`DataError` naming the file when it is missing or corrupt."""
     tf = _tf()
     try:

@@ -2,8 +2,9 @@
 
 Layouts (``root`` is a local folder or a URI that ``tf.io.gfile`` reads):
 
-- three sources: ``root/images/<id>.png|.jpg|.jpeg``, ``root/text.csv`` (``id,text,label``) and
-  ``root/numeric.csv`` (``id,<numeric columns>,label``), columns in any order, rows in any order;
+- three sources: ``root/images/<id>.png|.jpg|.jpeg|.gif|.bmp|.webp``, ``root/text.csv`` (``id,text[,label]``) and
+  ``root/numeric.csv`` (``id,<numeric columns>[,label]``), columns in any order, rows in any order; the label in
+  one of the two files at least (where both have it, they must agree for each id);
 - one manifest (``spec.data.manifest``): ``id,image,text,<numeric columns>,label``; ``image`` is a path relative
   to the manifest's folder (or absolute, or a URI). An empty ``image`` cell means the image is missing.
 
@@ -37,9 +38,11 @@ import numpy as np
 
 from kubefusion.config import MODALITIES, DataConfig
 from kubefusion.data import _gfile
-from kubefusion.data.images import IMAGE_EXTENSIONS, undecodable
+from kubefusion.data.images import formats_text, is_image_name, undecodable
+from kubefusion.data.location import JOB_FILE, Spelling, manifest_hint
 from kubefusion.data.records import (
     BadRecords,
+    csv_reader,
     Record,
     ScanReport,
     ScanResult,
@@ -65,6 +68,8 @@ class _Tables:
     """id -> (label name, file and line where it was first read)."""
     bad_ids: set[str] = field(default_factory=set)
     numeric_columns: list[str] = field(default_factory=list)
+    other_files: dict[str, str] = field(default_factory=dict)
+    """Files in ``images/`` in a format not read, by stem: an id's image that cannot be used, or no one's."""
 
 
 def scan(
@@ -73,12 +78,14 @@ def scan(
     *,
     classes: list[str] | None = None,
     verify_images: bool = True,
+    spelling: Spelling = JOB_FILE,
 ) -> ScanResult:
     """Read ``root`` under ``data_cfg``'s policies and join by id.
 
     ``classes``: the label names to index against (pass the training scan's ``classes`` when scanning OOD
     data, so label indices agree); a label outside them is a bad record (``unknown_label``). Without it the
-    classes are the sorted label names found here.
+    classes are the sorted label names found here. ``spelling``: how the user set the data settings (job fields,
+    or a command's flags), for the messages.
     """
     root = str(root)
     if not _gfile.is_uri(root) and not Path(root).is_dir():
@@ -89,12 +96,12 @@ def scan(
         on_bad_record=data_cfg.on_bad_record,
         missing_modality=data_cfg.missing_modality,
     )
-    bad = BadRecords(data_cfg.on_bad_record, report)
+    bad = BadRecords(data_cfg.on_bad_record, report, spelling)
     tables = _Tables()
     if data_cfg.manifest:
         _read_manifest(_gfile.resolve(root, data_cfg.manifest), tables, bad)
     else:
-        _read_layout(root, tables, bad)
+        _read_layout(root, tables, bad, spelling)
     for modality in MODALITIES:
         report.modalities[modality] = len(getattr(tables, modality))
     records, labels = _join(tables, data_cfg.missing_modality, report)
@@ -143,7 +150,7 @@ def _csv_rows(path: str, bad: BadRecords, bad_ids: set[str]) -> Iterator[tuple[i
                 consumed.append(text)
                 yield text
 
-    reader = csv.reader(lines(), strict=True)
+    reader = csv_reader(lines(), strict=True)
     start, id_col = 1, 0
     while True:
         try:
@@ -223,7 +230,9 @@ class _RowReader:
     def __init__(self, path: str, header: list[str], tables: _Tables, bad: BadRecords) -> None:
         self.path, self.header, self.tables, self.bad = path, header, tables, bad
         self.width = len(header)
-        self.id_col, self.label_col = header.index("id"), header.index("label")
+        self.id_col = header.index("id")
+        self.label_col = header.index("label") if "label" in header else None
+        """None: this file says nothing about labels (the other file of the layout does)."""
         self.seen: dict[str, int] = {}
         self.label_names: dict[str, str] = {}  # one string object per distinct label, not one per row
 
@@ -240,14 +249,16 @@ class _RowReader:
         if not record_id:
             self.reject("unparsable_row", line, "", "empty id")
             return None
-        label = cells[self.label_col].strip()
-        if not label:
+        label = cells[self.label_col].strip() if self.label_col is not None else None
+        if label == "":
             self.reject("unparsable_row", line, record_id, "empty label")
             return None
         if record_id in self.seen:
             self.reject("duplicate_id", line, record_id, f"id {record_id!r} already on line {self.seen[record_id]}")
             return None
         self.seen[record_id] = line
+        if label is None:
+            return record_id
         label = self.label_names.setdefault(label, label)
         first = self.tables.labels.get(record_id)
         if first is None:
@@ -290,20 +301,24 @@ class _RowReader:
 # ------------------------------------------------------------------------------------------------ layouts
 
 
-def _read_layout(root: str, tables: _Tables, bad: BadRecords) -> None:
+def _read_layout(root: str, tables: _Tables, bad: BadRecords, spelling: Spelling) -> None:
     images_dir = _gfile.join(root, IMAGES_DIR)
     text_path = _gfile.join(root, TEXT_FILE)
     numeric_path = _gfile.join(root, NUMERIC_FILE)
     absent = [name for name, p in ((IMAGES_DIR + "/", images_dir), (TEXT_FILE, text_path),
                                    (NUMERIC_FILE, numeric_path)) if not _gfile.exists(p)]
     if absent:
-        raise DataError(
-            f"{root}: no {', '.join(absent)} (expected images/, text.csv and numeric.csv, "
-            "or a manifest CSV named in spec.data.manifest)"
-        )
+        with _gfile.readable(root):
+            names = _gfile.listdir(root)
+        raise DataError(f"{root}: no {', '.join(absent)} (expected images/, text.csv and numeric.csv, or a manifest "
+                        f"CSV given with {spelling.manifest}){manifest_hint(names, spelling)}")
     _read_images(images_dir, tables, bad)
-    _read_text(text_path, tables, bad)
-    _read_numeric(numeric_path, tables, bad)
+    labelled = _read_text(text_path, tables, bad)
+    labelled += _read_numeric(numeric_path, tables, bad)
+    if not labelled:
+        raise DataError(f"{root}: neither {TEXT_FILE} nor {NUMERIC_FILE} has a label column; one of them needs it "
+                        "(both may have it, and must then agree for each id)")
+    _unusable_images(tables, bad)
 
 
 def _read_images(images_dir: str, tables: _Tables, bad: BadRecords) -> None:
@@ -312,11 +327,14 @@ def _read_images(images_dir: str, tables: _Tables, bad: BadRecords) -> None:
         names = _gfile.listdir(images_dir)
     for name in sorted(names):
         name = name.rstrip("/")
-        stem, dot, suffix = name.rpartition(".")
-        if not dot or "." + suffix.lower() not in IMAGE_EXTENSIONS:
-            bad.report.ignored_files += 1
-            continue
+        stem = name.rpartition(".")[0] or name
         path = _gfile.join(images_dir, name)
+        if not is_image_name(name):
+            if name.startswith("."):
+                bad.report.ignored_files += 1
+            else:
+                tables.other_files.setdefault(stem, path)
+            continue
         if stem in first_file:
             bad("duplicate_id", path, f"id {stem!r} already has {first_file[stem]}")
             tables.bad_ids.add(stem)
@@ -325,26 +343,42 @@ def _read_images(images_dir: str, tables: _Tables, bad: BadRecords) -> None:
         tables.image[stem] = path
 
 
-def _read_text(path: str, tables: _Tables, bad: BadRecords) -> None:
+def _unusable_images(tables: _Tables, bad: BadRecords) -> None:
+    """A file in ``images/`` named after an id that has rows, in a format not read (.tiff, .heic...), is that
+    id's image, unusable: a bad record, not an id silently trained without its image. Other files are left
+    alone (counted as ignored)."""
+    for stem, path in sorted(tables.other_files.items()):
+        if stem in tables.image or stem in tables.bad_ids or not (stem in tables.labels or stem in tables.text
+                                                                  or stem in tables.numeric):
+            bad.report.ignored_files += 1
+            continue
+        bad("unsupported_image", path, f"id {stem!r}: images are read in {formats_text()} only; convert it")
+        tables.bad_ids.add(stem)
+
+
+def _read_text(path: str, tables: _Tables, bad: BadRecords) -> list[str]:
+    """Reads text.csv; returns [path] when it has a label column (the label may be in either file, or both)."""
     rows = _open_csv(path, bad, tables.bad_ids)
-    header = _header(path, rows, ("id", "text", "label"))
+    header = _header(path, rows, ("id", "text"))
     extra = [c for c in header if c not in ("id", "text", "label")]
     if extra:
-        raise DataError(f"{path} line 1: unexpected column(s) {', '.join(extra)} (expected id,text,label)")
+        raise DataError(f"{path} line 1: unexpected column(s) {', '.join(extra)} (expected id,text[,label])")
     reader = _RowReader(path, header, tables, bad)
     text_col = header.index("text")
     for line, cells in rows:
         record_id = reader.row(line, cells)
         if record_id is not None and cells[text_col].strip():  # an empty text is no text, as in a manifest
             tables.text[record_id] = cells[text_col]
+    return [path] if "label" in header else []
 
 
-def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
+def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> list[str]:
+    """Reads numeric.csv; returns [path] when it has a label column."""
     rows = _open_csv(path, bad, tables.bad_ids)
-    header = _header(path, rows, ("id", "label"))
+    header = _header(path, rows, ("id",))
     columns = [c for c in header if c not in ("id", "label")]
     if not columns:
-        raise DataError(f"{path} line 1: no numeric columns (expected id,feature1,...,featureN,label)")
+        raise DataError(f"{path} line 1: no numeric columns (expected id,feature1,...,featureN[,label])")
     tables.numeric_columns = columns
     reader = _RowReader(path, header, tables, bad)
     positions = [header.index(c) for c in columns]
@@ -355,6 +389,7 @@ def _read_numeric(path: str, tables: _Tables, bad: BadRecords) -> None:
         values = reader.numbers(line, record_id, cells, positions)
         if values is not None:
             tables.numeric[record_id] = values
+    return [path] if "label" in header else []
 
 
 def _read_manifest(path: str, tables: _Tables, bad: BadRecords) -> None:

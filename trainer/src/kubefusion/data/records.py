@@ -7,8 +7,10 @@ given the training classes.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +27,7 @@ BAD_REASONS = (
     "duplicate_id",
     "label_conflict",
     "unknown_label",
+    "unsupported_image",
 )
 """Every reason a record can be bad, as counted in ``ScanReport.bad`` (always all present, zero or more)."""
 
@@ -36,6 +39,7 @@ _REASON_TEXT = {
     "duplicate_id": "duplicate id",
     "label_conflict": "labels disagree",
     "unknown_label": "label not among the training classes",
+    "unsupported_image": "image format not read",
 }
 
 
@@ -83,7 +87,7 @@ class ScanReport:
     first_bad: dict[str, str] = field(default_factory=dict)
     """The first message per reason, to show the user where to look."""
     ignored_files: int = 0
-    """Files in ``images/`` that are not .png/.jpg/.jpeg (left alone)."""
+    """Files in ``images/`` that are neither an image format read nor named after an id (left alone)."""
     class_balance: dict[str, int] = field(default_factory=dict)
     """Joined records per class name."""
 
@@ -125,19 +129,35 @@ class BadRecords:
     """Applies ``onBadRecord``: ``fail`` raises :class:`DataError` at the first bad record, ``skip`` counts it
     (per reason, with the first message kept) and lets the caller drop it."""
 
-    def __init__(self, policy: str, report: ScanReport) -> None:
+    def __init__(self, policy: str, report: ScanReport, spelling: Any = None) -> None:
+        from kubefusion.data.location import JOB_FILE  # noqa: PLC0415
+
         self.policy = policy
         self.report = report
+        self.spelling = spelling or JOB_FILE
+        """How the user set the policy (:class:`kubefusion.data.location.Spelling`), named in the message."""
 
     def __call__(self, reason: str, where: str, detail: str, count: int = 1) -> None:
         """``count``: how many records the one message stands for (rows a broken quote swallowed)."""
         message = f"{where}: {_REASON_TEXT[reason]}: {detail}"
         if self.policy == "fail":
-            raise DataError(
-                f"{message} (spec.data.onBadRecord is fail; set it to skip to drop and count such records)"
-            )
+            name = self.spelling.on_bad_record
+            verb = "give" if name.startswith("-") else "set"
+            raise DataError(f"{message} ({name} is fail; {verb} {self.spelling.set_to('on_bad_record', 'skip')} "
+                            "to drop and count such records)")
         self.report.bad[reason] += count
         self.report.first_bad.setdefault(reason, message)
+
+
+CSV_CELL_LIMIT = 2**31 - 1
+"""Python's csv module refuses a cell over 128 KiB by default; a text of any length is read (the tokenizer cuts
+it to maxTokens tokens), up to what csv can count."""
+
+
+def csv_reader(lines: Iterable[str], **options: Any) -> Any:
+    """``csv.reader`` over ``lines`` without the 128 KiB cell limit (the limit is process-wide in csv)."""
+    csv.field_size_limit(CSV_CELL_LIMIT)
+    return csv.reader(lines, **options)
 
 
 def sort_class_names(names: set[str] | list[str]) -> list[str]:

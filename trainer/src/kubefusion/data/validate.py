@@ -23,7 +23,10 @@ import sys
 from typing import Any
 
 from kubefusion.config import MODALITIES, DataConfig
+from kubefusion.data.location import Spelling, dataset_location
 from kubefusion.errors import DataError
+
+FLAGS = Spelling(on_bad_record="--on-bad-record", missing_modality="--missing", manifest="--manifest")
 
 SMALL_DATASET = 20_000
 """Below this many joined records, encoders trained from scratch have too little to learn from: validate
@@ -34,12 +37,14 @@ SMALL_DATASET_HINT = ("hint: {n} records is little to train encoders from scratc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", help="dataset root (local folder or a URI tf.io.gfile reads)")
+    parser.add_argument("dir", help="dataset: a folder (local or a URI tf.io.gfile reads) with images/, text.csv and "
+                                    "numeric.csv, or a manifest CSV file (its folder is the root)")
     parser.add_argument("--on-bad-record", choices=("fail", "skip"), default="fail",
                         help="fail: stop at the first bad record (default); skip: drop and count them")
     parser.add_argument("--missing", choices=("drop", "keep"), default="drop",
                         help="ids missing a modality: drop (default) or keep with a modality mask")
-    parser.add_argument("--manifest", help="manifest CSV (id,image,text,<numeric>,label) instead of the 3 files")
+    parser.add_argument("--manifest", help="manifest CSV (id,image,text,<numeric>,label) instead of the 3 files: a "
+                                           "path from here (DIR/manifest.csv), or a name in DIR")
     parser.add_argument("--ood", help="OOD folder to validate as well (default: DIR/ood when it exists)")
     parser.add_argument("--no-ood", action="store_true", help="do not look at an OOD folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -49,15 +54,16 @@ def run(args: argparse.Namespace) -> int:
     from kubefusion.data import _gfile  # noqa: PLC0415
     from kubefusion.data.reader import scan  # noqa: PLC0415
 
-    cfg = DataConfig(path=str(args.dir), manifest=args.manifest, on_bad_record=args.on_bad_record,
-                     missing_modality=args.missing)
-    ood_dir = None if args.no_ood else args.ood or _default_ood(args.dir, _gfile)
     try:
-        main = scan(cfg, args.dir)
+        where = dataset_location(args.dir, args.manifest)
+        cfg = DataConfig(path=where.root, manifest=where.manifest, on_bad_record=args.on_bad_record,
+                         missing_modality=args.missing)
+        ood_dir = None if args.no_ood else args.ood or _default_ood(where.root, _gfile)
+        main = scan(cfg, where.root, spelling=FLAGS)
         ood = None
         if ood_dir is not None:
-            ood = scan(DataConfig(path=str(ood_dir), manifest=args.manifest, on_bad_record=args.on_bad_record,
-                                  missing_modality=args.missing), ood_dir, classes=main.classes)
+            ood = scan(DataConfig(path=str(ood_dir), manifest=where.manifest, on_bad_record=args.on_bad_record,
+                                  missing_modality=args.missing), ood_dir, classes=main.classes, spelling=FLAGS)
     except DataError as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))
@@ -102,7 +108,7 @@ def render(report: dict[str, Any], *, title: str) -> str:
         "",
         f"  ids {report['ids']}, joined {report['joined']} (complete {report['complete']}), "
         f"dropped for a missing modality {report['dropped_incomplete']}, without a label {report['unlabeled']}"
-        + (f", ignored non-image files {report['ignored_files']}" if report["ignored_files"] else ""),
+        + (f", files in images/ that are no id's image {report['ignored_files']}" if report["ignored_files"] else ""),
     ]
     if report["bad_total"]:
         lines += ["", f"  {'bad records':<16}{'count':>7}  first"]

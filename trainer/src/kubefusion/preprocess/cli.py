@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from kubefusion.model import check_model_sources
 
     check_model_sources(job.model)
-    result = prepare(job, args.out, data_root=args.data, rehash=args.rehash)
+    from kubefusion.data.location import data_flag
+
+    result = prepare(job, args.out, data_root=data_flag(args.data), rehash=args.rehash)
     if args.json:
         print(json.dumps({"artifact": str(result.artifact_dir), "content_key": result.content_key,
                           "reused": result.reused, "seconds": round(result.seconds, 3)}))

@@ -1,6 +1,6 @@
 """Datasets to predict on: the training layouts with the label optional (``kubefusion predict --data``).
 
-- a folder: ``images/<id>.png|.jpg|.jpeg``, ``text.csv`` (``id,text[,label]``) and ``numeric.csv``
+- a folder: ``images/<id>.png|.jpg|.jpeg|.gif|.bmp|.webp``, ``text.csv`` (``id,text[,label]``) and ``numeric.csv``
   (``id,<numeric columns>[,label]``); any of the three may be absent (that modality is then absent for every
   id);
 - a manifest CSV file: ``id,image,text,<numeric columns>[,label]``, ``image`` relative to the manifest's folder.
@@ -24,9 +24,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from kubefusion.data.images import IMAGE_EXTENSIONS
+from kubefusion.data.images import formats_text, is_image_name
+from kubefusion.data.location import Spelling, manifest_hint
+from kubefusion.data.records import csv_reader
 from kubefusion.errors import DataError
 
+PREDICT_FLAGS = Spelling(manifest="--manifest")
 TEXT_FILE = "text.csv"
 NUMERIC_FILE = "numeric.csv"
 IMAGES_DIR = "images"
@@ -89,7 +92,8 @@ def read_dataset(root: Path, classes: Sequence[str], numeric_columns: Sequence[s
 def _read_folder(root: Path, tables: _Tables) -> None:
     images, text, numeric = root / IMAGES_DIR, root / TEXT_FILE, root / NUMERIC_FILE
     if not (images.is_dir() or text.is_file() or numeric.is_file()):
-        raise DataError(f"{root}: none of {IMAGES_DIR}/, {TEXT_FILE}, {NUMERIC_FILE} (or give a manifest CSV file)")
+        raise DataError(f"{root}: none of {IMAGES_DIR}/, {TEXT_FILE}, {NUMERIC_FILE} (or a manifest CSV: the file "
+                        f"itself, or --manifest){manifest_hint([p.name for p in root.iterdir()], PREDICT_FLAGS)}")
     if images.is_dir():
         _read_images(images, tables)
     if text.is_file():
@@ -107,8 +111,11 @@ def _read_folder(root: Path, tables: _Tables) -> None:
 
 def _read_images(folder: Path, tables: _Tables) -> None:
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.name.startswith("."):
             continue
+        if not is_image_name(path.name):  # an id's image in another format: predicted without it, unless refused
+            raise DataError(f"{path}: not an image format the model reads ({formats_text()}); convert it, or "
+                            "move it out of images/")
         if path.stem in tables.image:
             raise DataError(f"{path}: id {path.stem!r} already has {tables.image[path.stem]}")
         tables.image[path.stem] = str(path)
@@ -236,7 +243,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     with fh:
-        reader = csv.reader(lines(fh), strict=True)
+        reader = csv_reader(lines(fh), strict=True)
         start = 1  # the first bad row ends the read: no resynchronising after it, unlike training's skip
         try:
             for row in reader:

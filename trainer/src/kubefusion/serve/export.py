@@ -24,15 +24,15 @@ next ``kubefusion export`` to DIR renames ``.DIR.previous`` back first (or do it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -67,12 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = export_model(args.checkpoint, args.out, artifacts=args.artifacts)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        source = result["preprocessing"]
-        print(f"preprocessing {source['content_key']} from {source['path']} ({source['chosen']})", file=sys.stderr)
-        print(args.out)
+    # export_model has logged where the preprocessing came from and the parity: stdout is the folder alone
+    print(json.dumps(result) if args.json else args.out)
     return 0
 
 
@@ -222,13 +218,28 @@ def _torch_export(torch: Any, model: Any, manifest: dict[str, Any], path: Path) 
     dynamic = {"pixel_values": {0: batch}, "input_ids": {0: batch, 1: sequence},
                "attention_mask": {0: batch, 1: sequence}, "numeric": {0: batch}, "modality_mask": {0: batch}}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "torch.utils.flop_counter"):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, args, str(path), dynamo=True, input_names=list(MODEL_INPUTS),
                               output_names=[MODEL_OUTPUT], dynamic_shapes=dynamic, opset_version=MODEL_OPSET,
                               external_data=True, verbose=False)
     except Exception as exc:  # the exporter raises many types; the user needs the message either way
         raise ArtifactError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """The exporter warns about what this model never uses (torchvision's detection ops, Triton's flop
+    counting): errors only, while it runs. A failed export still raises with its message."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def check_model_parity(torch: Any, model: Any, manifest: dict[str, Any], path: Path,

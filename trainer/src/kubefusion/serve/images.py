@@ -68,8 +68,13 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """PIL decode to RGB (first frame) + :func:`resize_like_training`: uint8 [size, size, 3]."""
     from PIL import Image, UnidentifiedImageError
 
+    from kubefusion.data.images import IMAGE_FORMATS, formats_text
+
     try:
         with Image.open(path) as img:
+            if img.format not in IMAGE_FORMATS:
+                raise DataError(f"{path}: a {img.format} image; training reads {formats_text()} only, so the "
+                                "model has never seen this format's pixels (convert it)")
             img.seek(0)
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kubefusion.data.location import dataset_location
 from kubefusion.errors import ArtifactError, UserError
 from kubefusion.preprocess import artifact
 from kubefusion.preprocess.runtime import Preprocessor
@@ -41,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", required=True, type=Path, help="folder written by `kubefusion export`")
     parser.add_argument("--data", type=Path,
                         help="dataset to predict: a folder (images/, text.csv id,text[,label], numeric.csv "
-                             "id,<columns>[,label]; any may be absent) or a manifest CSV "
-                             "(id,image,text,<columns>[,label]); labels are optional")
+                             "id,<columns>[,label]; any may be absent), or a manifest CSV "
+                             "(id,image,text,<columns>[,label]) or its folder with --manifest; labels are optional")
+    parser.add_argument("--manifest", type=Path,
+                        help="the manifest CSV of --data DIR: a path from here (DIR/manifest.csv), or a name in DIR")
     parser.add_argument("--image", type=Path, help="one sample's image file")
     parser.add_argument("--text", help="one sample's text")
     parser.add_argument("--numeric", help="one sample's comma-separated numbers; an empty entry is missing")
@@ -54,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
     one_sample = any(v is not None for v in (args.image, args.text, args.numeric))
     if (args.data is not None) == one_sample:
         raise UserError("give either --data DATASET or one sample's --image/--text/--numeric (any of them)")
+    if args.manifest is not None and args.data is None:
+        raise UserError("--manifest goes with --data DIR")
     server = Server.load(args.artifacts, threads=args.threads)
     if args.data is not None:
-        result = server.predict_dataset(args.data)
+        where = dataset_location(args.data, args.manifest)
+        result = server.predict_dataset(Path(where.root) / where.manifest if where.manifest else Path(where.root))
     else:
         result = {"predictions": [server.predict_one(image=args.image, text=args.text, numeric=args.numeric)]}
     _print(result, as_json=args.json)

@@ -37,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from kubefusion.train.atomic import make_output_dir
     from kubefusion.train.recipe import run_recipe
 
+    from kubefusion.data.location import data_flag
+
     job = load_job_file(args.config)
     check_model_sources(job.model)  # before the process group, the artifact and the data scan
+    data_flag(args.data)
     make_output_dir(args.output)
     if job.training.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is only deterministic with it
