@@ -19,7 +19,7 @@ def trained(folder, job=None):
     claim(folder, job or cfg.demo(), data=DATA)
     for name in ("checkpoints/fused", "baselines", "tensorboard/fused", "data", "artifacts/key1", "logs"):
         (folder / name).mkdir(parents=True, exist_ok=True)
-    for name in ("model.pt", "results.json", "results.md", "checkpoints/fused/step-000000010.pt",
+    for name in ("model.pt", "results.json", "results.md", "status.json", "checkpoints/fused/step-000000010.pt",
                  "logs/fused.steps.jsonl", "logs/torchrun.log", "data/text.csv"):
         (folder / name).write_text("x")
     return folder
@@ -81,7 +81,7 @@ def test_restart_discards_the_run_and_keeps_data_artifacts_and_logs(tmp_path):
     job.training.learning_rate = 5e-3
     record = claim(run, job, restart=True)
     assert record["configuration"]["spec.training.learningRate"] == 0.005 and record["data"] is None
-    for gone in ("model.pt", "results.json", "results.md", "checkpoints", "baselines", "tensorboard",
+    for gone in ("model.pt", "results.json", "results.md", "status.json", "checkpoints", "baselines", "tensorboard",
                  "logs/fused.steps.jsonl"):
         assert not (run / gone).exists(), gone
     for kept in ("data/text.csv", "artifacts/key1", "logs/torchrun.log"):
@@ -112,7 +112,7 @@ def test_a_run_without_its_record_is_not_resumed_blindly(tmp_path):
     run = trained(tmp_path / "run")
     (run / runfolder.RUN_FILE).unlink()
     with pytest.raises(RunFolderError, match=r"holds a run \(checkpoints, baselines, tensorboard, model.pt, "
-                                             r"results.json, results.md\) without run.json"):
+                                             r"results.json, results.md, status.json\) without run.json"):
         claim(run, cfg.demo())
     claim(run, cfg.demo(), restart=True)
     assert not (run / "model.pt").exists()

@@ -46,8 +46,10 @@ NOT_THE_MODEL = (
 )
 """Spec fields (and sections) that do not change the trained model: a resume may change them."""
 
-RUN_OUTPUTS = ("checkpoints", "baselines", "tensorboard", "model.pt", "results.json", "results.md", RUN_FILE)
-"""What a run writes into its folder (besides its logs); ``--restart`` discards these."""
+RUN_OUTPUTS = ("checkpoints", "baselines", "tensorboard", "model.pt", "results.json", "results.md", "status.json",
+               RUN_FILE)
+"""What a run writes into its folder (besides its logs); ``--restart`` discards these (status.json too: a run
+carries its progress over from it)."""
 BESIDE_A_RUN = ("artifacts", "data", "logs", "lost+found")
 """Entries that may be in a folder before its first run: ``kubefusion run`` puts its data, artifacts and logs
 there first, and a fresh ext4 volume (a cluster's /checkpoints) holds lost+found."""
