@@ -437,15 +437,6 @@ class JobConfig:
 
 # ------------------------------------------------------------------------------ YAML <-> dataclasses
 
-_ACRONYMS = {"GPU": "Gpu", "GPUs": "Gpus", "OOD": "Ood", "ID": "Id", "LR": "Lr"}
-
-
-def camel_to_snake(name: str) -> str:
-    """``batchSizePerGPU`` -> ``batch_size_per_gpu``; ``gpusPerNode`` -> ``gpus_per_node``."""
-    for acro, repl in _ACRONYMS.items():
-        name = re.sub(acro + r"(?=[A-Z]|$)", repl, name)
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
 
 def snake_to_camel(name: str) -> str:
     head, *rest = name.split("_")

@@ -239,7 +239,6 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     from kubefusion.model import check_model_sources
     from kubefusion.train.atomic import make_output_dir
-
     from kubefusion.train.runfolder import claim
 
     job = load_job_file(args.job)
