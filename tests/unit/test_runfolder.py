@@ -17,7 +17,7 @@ DATA = {runfolder.DATA_FILES: "a" * 64, runfolder.ARTIFACT: "key1"}
 def trained(folder, job=None):
     """A folder as a finished run leaves it."""
     claim(folder, job or cfg.demo(), data=DATA)
-    for name in ("checkpoints/fused", "baselines", "tensorboard/fused", "data", "artifacts/key1", "logs"):
+    for name in ("checkpoints/fused", "baselines", "tensorboard/fused", "onnx", "data", "artifacts/key1", "logs"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     for name in ("model.pt", "results.json", "results.md", "status.json", "checkpoints/fused/step-000000010.pt",
                  "logs/fused.steps.jsonl", "logs/torchrun.log", "data/text.csv"):
@@ -65,9 +65,10 @@ def test_changed_data_is_refused_naming_it(tmp_path):
     lambda j: setattr(j.resources, "gpus_per_node", 1),
     lambda j: setattr(j.preprocessing, "backend", "tf"),
     lambda j: setattr(j.data, "ood_path", "elsewhere/ood"),
+    lambda j: setattr(j.training, "export_onnx", False),
     lambda j: setattr(j, "scheduling", {"queue": "team-b"}),
 ], ids=["metricsPort", "checkpointEverySteps", "logEverySteps", "keepCheckpoints", "baselines", "precision",
-        "gpusPerNode", "backend", "oodPath", "scheduling"])
+        "gpusPerNode", "backend", "oodPath", "exportOnnx", "scheduling"])
 def test_settings_that_do_not_change_the_model_do_not_block_a_resume(tmp_path, change):
     run = trained(tmp_path / "run")
     job = cfg.demo()
@@ -81,7 +82,8 @@ def test_restart_discards_the_run_and_keeps_data_artifacts_and_logs(tmp_path):
     job.training.learning_rate = 5e-3
     record = claim(run, job, restart=True)
     assert record["configuration"]["spec.training.learningRate"] == 0.005 and record["data"] is None
-    for gone in ("model.pt", "results.json", "results.md", "status.json", "checkpoints", "baselines", "tensorboard",
+    for gone in ("model.pt", "results.json", "results.md", "status.json", "onnx", "checkpoints", "baselines",
+                 "tensorboard",
                  "logs/fused.steps.jsonl"):
         assert not (run / gone).exists(), gone
     for kept in ("data/text.csv", "artifacts/key1", "logs/torchrun.log"):
@@ -111,7 +113,7 @@ def test_a_fresh_volume_and_kubefusion_runs_own_first_steps_are_fine(tmp_path):
 def test_a_run_without_its_record_is_not_resumed_blindly(tmp_path):
     run = trained(tmp_path / "run")
     (run / runfolder.RUN_FILE).unlink()
-    with pytest.raises(RunFolderError, match=r"holds a run \(checkpoints, baselines, tensorboard, model.pt, "
+    with pytest.raises(RunFolderError, match=r"holds a run \(checkpoints, baselines, tensorboard, onnx, model.pt, "
                                              r"results.json, results.md, status.json\) without run.json"):
         claim(run, cfg.demo())
     claim(run, cfg.demo(), restart=True)

@@ -8,9 +8,9 @@
 
 What changes the trained model: every spec field except those that say where or how the same training runs
 (:data:`NOT_THE_MODEL`: resources, monitoring, the cluster's volumes and scheduling, checkpoint and logging
-cadence, baselines (each stage has its own checkpoints), and how the same computation is carried out:
-precision, deterministic kernels, the preprocessing runtime); plus the data, by content (CSV line endings do not
-count, :func:`kubefusion.preprocess.artifact.data_fingerprint`), and the preprocessing artifact.
+cadence, baselines (each stage has its own checkpoints), the ONNX export at the end, and how the same computation
+is carried out: precision, deterministic kernels, the preprocessing runtime); plus the data, by content (CSV line
+endings do not count, :func:`kubefusion.preprocess.artifact.data_fingerprint`), and the preprocessing artifact.
 
 A folder whose record differs from the job is refused, naming each field that differs (old -> new) and the two
 ways out: a new ``--output``, or ``--restart``, which moves what the old run wrote (:data:`RUN_OUTPUTS`) aside and
@@ -42,14 +42,14 @@ NOT_THE_MODEL = (
     "spec.preprocessing.backend",
     "spec.training.precision", "spec.training.deterministic", "spec.training.baselines",
     "spec.training.checkpointEverySteps", "spec.training.keepCheckpoints", "spec.training.logEverySteps",
-    "spec.training.collectiveTimeoutSeconds",
+    "spec.training.collectiveTimeoutSeconds", "spec.training.exportOnnx",
 )
 """Spec fields (and sections) that do not change the trained model: a resume may change them."""
 
-RUN_OUTPUTS = ("checkpoints", "baselines", "tensorboard", "model.pt", "results.json", "results.md", "status.json",
-               RUN_FILE)
+RUN_OUTPUTS = ("checkpoints", "baselines", "tensorboard", "onnx", "model.pt", "results.json", "results.md",
+               "status.json", RUN_FILE)
 """What a run writes into its folder (besides its logs); ``--restart`` discards these (status.json too: a run
-carries its progress over from it)."""
+carries its progress over from it; onnx/ too: an export of a model at the same step would be kept)."""
 BESIDE_A_RUN = ("artifacts", "data", "logs", "lost+found")
 """Entries that may be in a folder before its first run: ``kubefusion run`` puts its data, artifacts and logs
 there first, and a fresh ext4 volume (a cluster's /checkpoints) holds lost+found."""
