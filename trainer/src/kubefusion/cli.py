@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     words, module_name, help_ = entry
     parser = Parser(prog="kubefusion " + " ".join(words), description=help_)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the libraries' own logs")
     module = importlib.import_module(module_name)
     module.add_arguments(parser)
     args = parser.parse_args(argv[len(words):])
