@@ -85,6 +85,8 @@ EDGE_SPECS = [
     ("training: {maxStepsPerEpoch: null}", True),
     ("training: {maxStepsPerEpoch: 0}", False),
     ("training: {precision: fp8}", False),
+    ("training: {epochs: 3, frozenBackboneEpochs: 3}", False),
+    ("training: {epochs: 3.0, frozenBackboneEpochs: 2}", True),
     ("training:", True),
     ("model: {numClasses: 2.0}", True),
     ("model: {numClasses: null}", True),

@@ -100,15 +100,18 @@ KubectlLoader.add_constructor("tag:yaml.org,2002:bool", lambda loader, node: _BO
 
 
 def load_yaml(text: str) -> Any:
-    """One YAML document as kubectl would send it: go-yaml's scalars, and (as JSON has them) string keys."""
-    return _string_keys(yaml.load(text, Loader=KubectlLoader))  # noqa: S506 (a SafeLoader subclass)
+    """One YAML document as kubectl sends it to the API server: go-yaml's scalars, encoded as JSON by Go (string
+    keys; a whole float such as ``3.0`` or ``1e3`` written as ``3``/``1000``, which the server reads as an integer)."""
+    return _as_json(yaml.load(text, Loader=KubectlLoader))  # noqa: S506 (a SafeLoader subclass)
 
 
-def _string_keys(value: Any) -> Any:
+def _as_json(value: Any) -> Any:
     if isinstance(value, dict):
-        return {_json_key(k): _string_keys(v) for k, v in value.items()}
+        return {_json_key(k): _as_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_string_keys(v) for v in value]
+        return [_as_json(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
     return value
 
 

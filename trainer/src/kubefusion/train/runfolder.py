@@ -37,7 +37,8 @@ RUN_FILE = "run.json"
 FORMAT = 1
 
 NOT_THE_MODEL = (
-    "spec.image", "spec.resources", "spec.monitoring", "spec.scheduling", "spec.runPolicy", "spec.storage",
+    "spec.image", "spec.backend", "spec.resources", "spec.monitoring", "spec.scheduling", "spec.runPolicy",
+    "spec.storage",
     "spec.data.path", "spec.data.source", "spec.data.oodPath",
     "spec.preprocessing.backend",
     "spec.training.precision", "spec.training.deterministic", "spec.training.baselines",
