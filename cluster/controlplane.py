@@ -705,7 +705,7 @@ class ControlPlane:
     def start_controller(self, name: str, argv: list[str], *, webhooks: Iterable[dict[str, Any]] = (),
                          env: dict[str, str] | None = None, cert_dir: Path | None = None,
                          ca: CertificateAuthority | None = None, ready: Callable[[], bool] | None = None,
-                         timeout: float = 120) -> Controller:
+                         config: str | None = None, timeout: float = 120) -> Controller:
         """Start a controller-runtime manager (or any controller) against this control plane as admin.
 
         ``argv`` may use ``{kubeconfig}``, ``{webhook_port}``, ``{cert_dir}``, ``{metrics_port}`` and
@@ -717,6 +717,9 @@ class ControlPlane:
         ``ready``: returns True once it serves (default: its webhook port accepts TLS, or, without webhooks,
         it is alive after a second). ``ca``: the CA that signs the serving certificate and goes into the
         ``caBundle`` (default: this control plane's), for controllers that check their certificates' issuer.
+        ``config``: the text of a configuration file (controllers that take their webhook port and certificate
+        folder from one), with the same placeholders; written to ``<root>/<name>/config.yaml``, which ``argv``
+        names as ``{config}``.
         Returns the :class:`Controller`; :meth:`stop` stops it too.
         """
         webhook_port, metrics_port, probe_port = free_ports(3)
@@ -726,10 +729,12 @@ class ControlPlane:
         if webhooks and not (cert_dir / "tls.crt").exists():
             self.serving_cert(cert_dir, ca=ca)
         values = {"kubeconfig": str(self.kubeconfig), "webhook_port": webhook_port, "cert_dir": str(cert_dir),
-                  "metrics_port": metrics_port, "probe_port": probe_port}
+                  "metrics_port": metrics_port, "probe_port": probe_port, "config": str(folder / "config.yaml")}
         process = Process(name, [a.format(**values) for a in argv], self.root / "logs" / f"{name}.log",
                           env={"KUBECONFIG": str(self.kubeconfig), **(env or {})}, cwd=folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            _write(folder / "config.yaml", config.format(**values), 0o644)
         if name in self.controllers:
             self.controllers.pop(name).stop()
         # Configurations first: a controller that manages its own certificates looks for them when it starts.

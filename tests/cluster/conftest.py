@@ -89,21 +89,25 @@ def helm(cp: Any, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, check=True)
 
 
-@pytest.fixture(scope='session')
-def installed(control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """``helm install kubefusion charts/kubefusion`` (CRD, RBAC, ServiceAccount, Deployment). The Deployment is
-    scaled to 0: the operator of the tests runs out of cluster with the ServiceAccount's token instead (a pod on a
-    kwok node would run nothing)."""
-    done = helm(control_plane, 'install', 'kubefusion', str(REPO / 'charts' / 'kubefusion'), '--namespace',
-                RELEASE_NAMESPACE, '--create-namespace')
-    control_plane.kubectl('-n', RELEASE_NAMESPACE, 'scale', 'deployment', '--all', '--replicas=0')
-    control_plane.wait_established('multimodaltrainjobs.kubefusion.io')
-    token = control_plane.service_account_kubeconfig(
-        RELEASE_NAMESPACE, OPERATOR_ACCOUNT, tmp_path_factory.mktemp('operator') / 'kubeconfig')
-    deployment = json.loads(control_plane.kubectl('-n', RELEASE_NAMESPACE, 'get', 'deployment', '-o', 'json').stdout)
+def install_chart(cp: Any, folder: Path, *values: str) -> Installed:
+    """``helm install kubefusion charts/kubefusion`` (CRD, RBAC, ServiceAccount, Deployment; ``values``: more
+    ``helm`` flags). The Deployment is scaled to 0: the operator of the tests runs out of cluster with the
+    ServiceAccount's token (written under ``folder``) instead (a pod on a kwok node would run nothing)."""
+    done = helm(cp, 'install', 'kubefusion', str(REPO / 'charts' / 'kubefusion'), '--namespace',
+                RELEASE_NAMESPACE, '--create-namespace', *values)
+    cp.kubectl('-n', RELEASE_NAMESPACE, 'scale', 'deployment', '--all', '--replicas=0')
+    cp.wait_established('multimodaltrainjobs.kubefusion.io')
+    token = cp.service_account_kubeconfig(RELEASE_NAMESPACE, OPERATOR_ACCOUNT, folder / 'kubeconfig')
+    deployment = json.loads(cp.kubectl('-n', RELEASE_NAMESPACE, 'get', 'deployment', '-o', 'json').stdout)
     (container,) = deployment['items'][0]['spec']['template']['spec']['containers']
     env = {e['name']: e['value'] for e in container.get('env', []) if 'value' in e}
-    return Installed(control_plane, done.stdout, token, env)
+    return Installed(cp, done.stdout, token, env)
+
+
+@pytest.fixture(scope='session')
+def installed(control_plane: controlplane.ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """charts/kubefusion installed on the session's control plane (:func:`install_chart`)."""
+    return install_chart(control_plane, tmp_path_factory.mktemp('operator'))
 
 
 _numbers = itertools.count(1)
