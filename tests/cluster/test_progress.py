@@ -365,3 +365,10 @@ def test_reports_with_a_token_of_another_job_or_none_are_refused_and_counted(
     finally:
         retire_jobs(ns)
         operator.stop()
+
+
+def test_the_demo_script_of_the_docs_starts():
+    """scripts/progress_demo.py produced docs/operator.md's tables; it runs the flow tested above."""
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "progress_demo.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "kubectl get mmtj" in done.stdout, done.stderr
