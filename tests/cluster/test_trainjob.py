@@ -425,3 +425,39 @@ def test_queued_jobs_wait_until_a_cluster_queue_with_gpu_quota_admits_them_on_bo
     allowed, denied = operator_requests(cluster.cp)
     assert denied == []
     assert {('kueue.x-k8s.io/workloads', 'list'), ('kueue.x-k8s.io/workloads', 'patch')} <= allowed
+
+
+def test_a_trainjob_pod_reports_progress_with_its_own_token_into_the_job(
+        on_trainer: Cluster, trainer_operator: OperatorProcess, tmp_path: Path) -> None:
+    """Live progress on the TrainJob backend: the pod Trainer and JobSet make carries the endpoint and the
+    job-audience token the operator put in the TrainJob (trainer.env, runtime patch), and a report sent with a
+    token bound to that pod (the trainer's own sender) shows in ``kubectl get mmtj``."""
+    from kubefusion.train import progress as live
+
+    from .test_progress import audience, pod_token
+
+    ns = on_trainer.ns
+    ns.create_job(job_body('reporting', nodes=1))
+    (pod,) = on_trainer.running_pods('reporting', 1)
+    (node,) = pod.spec.containers
+    env = {e.name: e.value for e in node.env}
+    path = f'/apis/{audience(ns.name, "reporting")}'
+    told = on_trainer.installed.operator_env['KUBEFUSION_OPERATOR_PROGRESS_URL']
+    assert env['KUBEFUSION_PROGRESS_URL'] == told + path
+    assert '/var/run/secrets/kubefusion.io/progress' in {m.mount_path for m in node.volume_mounts}
+    (volume,) = [v for v in pod.spec.volumes if v.name == 'progress-token']
+    assert volume.projected.sources[0].service_account_token.audience == audience(ns.name, 'reporting')
+    (init,) = pod.spec.init_containers
+    assert not [e for e in init.env or [] if e.name.startswith('KUBEFUSION_PROGRESS')]
+
+    token = tmp_path / 'token'
+    token.write_text(pod_token(ns, pod, audience(ns.name, 'reporting')))
+    tracker = live.ProgressTracker(['fused'], steps_per_stage=100, epochs=1)
+    tracker.stage_started('fused', 0, 0)
+    tracker.steps_done(5, 0, 50.0)
+    live.OperatorEndpoint(f'http://127.0.0.1:{trainer_operator.progress_port}{path}', str(token)).deliver(
+        tracker.report())
+    progress = wait_for(lambda: (ns.job('reporting').get('status') or {}).get('progress'), 40, 'the report written')
+    assert progress['step'] == 5 and progress['stale'] is False
+    (row,) = ns.table('mmtj', 'reporting')
+    assert (row['PHASE'], row['PROGRESS']) == ('Running', '5%')
