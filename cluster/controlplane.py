@@ -305,12 +305,15 @@ class ControlPlane:
     ``audit``: record every request made by a ServiceAccount (``<root>/audit.log``, see :meth:`audit_events`).
     """
 
+    external = False  # see ExternalCluster
+
     def __init__(self, root: Path, *, nodes: int = 4, gpus_per_node: int = 4, pod_seconds: float | None = None,
                  detached: bool = False, audit: bool = True, build_dir: Path | None = None) -> None:
         self.root = Path(root).resolve()
         self.nodes, self.gpus_per_node, self.pod_seconds = nodes, gpus_per_node, pod_seconds
         self.detached, self.audit = detached, audit
         self._build_dir = build_dir
+        self.node_prefix, self.node_annotation = "gpu-node", "fake"  # kwok manages nodes annotated so
         self.processes: dict[str, Process] = {}
         self.controllers: dict[str, Controller] = {}
         self.ca: CertificateAuthority | None = None
@@ -364,8 +367,9 @@ class ControlPlane:
             self._start_apiserver(timeout)
             self._start("kube-controller-manager", self._controller_manager_argv())
             self._start("kube-scheduler", self._scheduler_argv())
-            self._start_kwok()
-            self._create_nodes()
+            if self.nodes:
+                self._start_kwok()
+                self._create_nodes()
             self._wait_ready(timeout - (time.monotonic() - started))
         except BaseException:
             self.stop()
@@ -521,7 +525,8 @@ class ControlPlane:
         # HOME: kwok also reads ~/.kwok/kwok.yaml when it exists; this cluster's stages must be the only ones.
         self._start("kwok", [
             self.binary("kwok"), f"--kubeconfig={self.kubeconfig}", f"--config={config}",
-            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node={self.node_annotation}",
             f"--cidr={POD_CIDR}", f"--node-ip={NODE_IP}", "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{port}"], env={"HOME": str(self.root / "kwok")})
 
@@ -530,7 +535,7 @@ class ControlPlane:
                     GPU: str(self.gpus_per_node)}
         return {
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": self.node_annotation},
                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                     "kubernetes.io/arch": "amd64", "type": "kwok",
                                     "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": GPU_PRODUCT,
@@ -539,14 +544,14 @@ class ControlPlane:
         }
 
     def _create_nodes(self) -> None:
-        docs = [self.node_body(f"gpu-node-{i}") for i in range(self.nodes)]
+        docs = [self.node_body(f"{self.node_prefix}-{i}") for i in range(self.nodes)]
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
     def _wait_ready(self, timeout: float) -> None:
         def nodes_ready() -> bool:
             nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
-            ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
-                                             for c in n.get("status", {}).get("conditions", []))]
+            ready = [n for n in nodes if n["metadata"]["name"].startswith(f"{self.node_prefix}-") and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))]
             return len(ready) == self.nodes
         wait_until(nodes_ready, timeout, f"{self.nodes} kwok nodes to be Ready",
                    processes=list(self.processes.values()), interval=0.2)
@@ -567,11 +572,13 @@ class ControlPlane:
             context["namespace"] = namespace
         return {
             "apiVersion": "v1", "kind": "Config", "current-context": "kubefusion-test",
-            "clusters": [{"name": "kubefusion-test", "cluster": {
-                "server": self.url, "certificate-authority-data": _b64((self.pki / "ca.crt").read_bytes())}}],
+            "clusters": [{"name": "kubefusion-test", "cluster": self._cluster_entry()}],
             "users": [{"name": user, "user": credentials}],
             "contexts": [{"name": "kubefusion-test", "context": context}],
         }
+
+    def _cluster_entry(self) -> dict[str, Any]:
+        return {"server": self.url, "certificate-authority-data": _b64((self.pki / "ca.crt").read_bytes())}
 
     def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
@@ -791,6 +798,69 @@ class ControlPlane:
             env={"TMPDIR": str(tmp), "MY_POD_NAMESPACE": TRAINING_OPERATOR_NAMESPACE})
 
 
+class ExternalCluster(ControlPlane):
+    """A cluster that runs elsewhere (kind, k3d, a test cluster), given by an admin kubeconfig, in place of the
+    local control plane: the same API for the tests, with kwok (run here, against that cluster) adding the fake
+    GPU nodes and living the pods' lives on them. Kubeflow's training operator must be installed in the cluster
+    already (a process here could not serve its webhook to an API server in a container); there is no audit
+    log. ``stop`` removes the fake nodes and stops kwok; everything else the tests made is theirs to remove."""
+
+    external = True
+
+    def __init__(self, kubeconfig: Path, root: Path, *, nodes: int = 4, gpus_per_node: int = 4,
+                 build_dir: Path | None = None) -> None:
+        super().__init__(root, nodes=nodes, gpus_per_node=gpus_per_node, audit=False, build_dir=build_dir)
+        self._kubeconfig = Path(kubeconfig).resolve()
+        config = yaml.safe_load(self._kubeconfig.read_text())
+        context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+        self._cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        self.url = self._cluster["server"]
+        # Names and an annotation of their own: another kwok (say, a `make cluster` one) leaves them alone.
+        self.node_prefix, self.node_annotation = "kubefusion-test-gpu", "kubefusion-test"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self._kubeconfig
+
+    def start(self, timeout: float = 120) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self._atexit:
+            atexit.register(self.stop)
+            self._atexit = True
+        try:
+            self.kubectl("version")  # reachable, and the kubeconfig works
+            self._start_kwok()
+            self._create_nodes()
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.processes.get("kwok") is not None and self.nodes:
+            names = [f"{self.node_prefix}-{i}" for i in range(self.nodes)]
+            self.kubectl("delete", "node", *names, "--ignore-not-found", "--wait=false", check=False)
+        super().stop()
+
+    def _cluster_entry(self) -> dict[str, Any]:
+        return dict(self._cluster)
+
+    def version(self) -> dict[str, str]:
+        return json.loads(self.kubectl("get", "--raw", "/version").stdout)
+
+    def install_training_operator(self) -> Controller | None:
+        """Checks that Kubeflow's training operator is installed; says how to install it where it is not."""
+        if self.kubectl("get", "crd", "pytorchjobs.kubeflow.org", check=False).returncode != 0:
+            raise RuntimeError(
+                "Kubeflow's training operator is not installed in the cluster of KUBEFUSION_TEST_KUBECONFIG: "
+                "kubectl apply --server-side -k \"github.com/kubeflow/training-operator.git/manifests/overlays/"
+                "standalone?ref=v1.9.2\"")
+        return None
+
+    def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
+        raise NotImplementedError("an external cluster's audit log is not readable from here")
+
+
 class KubectlError(subprocess.CalledProcessError):
     """A kubectl that failed, with what it said."""
 
@@ -847,20 +917,36 @@ def stop_detached(root: Path, timeout: float = 15) -> bool:
     return True
 
 
-def _install_chart_and_operator(cp: ControlPlane, namespace: str) -> Process:
-    """The kubefusion chart (helm), the demo namespace's claims, and the operator running out of cluster with
-    the chart's ServiceAccount token (see tests/cluster/README.md)."""
+def _install_chart_and_operator(cp: ControlPlane, namespace: str) -> dict[str, str]:
+    """The kubefusion chart (helm), namespace ml-team with the claims and PriorityClass examples/job.yaml needs,
+    and the operator running out of cluster as the chart's ServiceAccount (a TokenRequest token) with the chart
+    Deployment's settings; its endpoints on free loopback ports, which are returned."""
     helm = shutil.which("helm", path=str(REPO / ".tools" / "bin")) or shutil.which("helm")
     if helm is None:
         raise RuntimeError("helm is missing: run `make tools`")
     subprocess.run([helm, "install", "kubefusion", str(REPO / "charts" / "kubefusion"), "--namespace", namespace,
-                    "--create-namespace", "--kubeconfig", str(cp.kubeconfig), "--set", "operator.replicas=0",
-                    "--wait=false"], check=True, capture_output=True, text=True)
+                    "--create-namespace", "--kubeconfig", str(cp.kubeconfig)], check=True, capture_output=True,
+                   text=True)
+    cp.wait_established("multimodaltrainjobs.kubefusion.io")
+    # The chart's Deployment would put the operator's pod on a kwok node, where nothing runs.
+    cp.kubectl("-n", namespace, "scale", "deployment", "--all", "--replicas=0")
+    deployment = json.loads(cp.kubectl("-n", namespace, "get", "deployment", "-o", "json").stdout)["items"][0]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    cp.apply({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "high"},
+              "value": 100000, "description": "examples/job.yaml asks for it"})
     cp.kubectl("create", "namespace", "ml-team", check=False)
     cp.provide_claims("ml-team", "datasets", "products-runs")
     token = cp.service_account_kubeconfig(namespace, "kubefusion-operator", cp.root / "operator.kubeconfig")
+    metrics, liveness, progress = free_ports(3)
     script = shutil.which("kubefusion-operator", path=str(REPO / ".venv" / "bin")) or "kubefusion-operator"
-    return cp._start("kubefusion-operator", [script], env={"KUBECONFIG": str(token)})
+    cp._start("kubefusion-operator", [
+        script, f"--liveness=http://127.0.0.1:{liveness}/healthz", f"--metrics-port={metrics}",
+        "--metrics-address=127.0.0.1", f"--progress-port={progress}", "--progress-address=127.0.0.1"],
+        env={**env, "KUBECONFIG": str(token)})
+    wait_until(lambda: _http_ok(f"http://127.0.0.1:{liveness}/healthz"), 60, "the operator to be healthy",
+               processes=[cp.processes["kubefusion-operator"]])
+    return {"metrics": f"http://127.0.0.1:{metrics}/metrics", "log": str(cp.root / "logs" / "kubefusion-operator.log")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -869,7 +955,10 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start it detached with the CRD, chart, training operator and operator")
     up.add_argument("root", type=Path)
     up.add_argument("--pod-seconds", type=float, default=20, help="a pod succeeds after this long (default 20)")
-    up.add_argument("--nodes", type=int, default=4)
+    up.add_argument("--nodes", type=int, default=4, help="fake GPU nodes (0: none, and no kwok)")
+    up.add_argument("--without-kubefusion", action="store_true",
+                    help="only Kubernetes and Kubeflow's training operator: no chart, no kubefusion operator (a "
+                         "cluster to point KUBEFUSION_TEST_KUBECONFIG at, as at kind)")
     down = sub.add_parser("down", help="stop what `up` started and remove its folder")
     down.add_argument("root", type=Path)
     args = parser.parse_args(argv)
@@ -886,15 +975,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cp.start()
         cp.install_training_operator()
-        _install_chart_and_operator(cp, "kubefusion-system")
+        operator = None if args.without_kubefusion else _install_chart_and_operator(cp, "kubefusion-system")
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or ""
         print(f"controlplane.py: {err}{': ' + detail.strip() if detail else ''}", file=sys.stderr)
         cp.stop()
         return 1
     version = cp.version()["gitVersion"]
-    print(f"Kubernetes {version} on {cp.url}: {cp.nodes} kwok nodes with {cp.gpus_per_node} {GPU} each, "
-          f"Kubeflow training operator, kubefusion chart and operator (logs: {root / 'logs'}).")
+    print(f"Kubernetes {version} on {cp.url}: {cp.nodes} kwok nodes with {cp.gpus_per_node} {GPU} each and Kubeflow's "
+          "training operator" + ("." if operator is None else
+                                 f", the kubefusion chart, and kubefusion-operator running here as the chart's "
+                                 f"ServiceAccount (metrics {operator['metrics']}, log {operator['log']})."))
+    if operator is not None:
+        print(f"Pods succeed {args.pod_seconds:g} s after they start; `kubectl annotate pod NAME "
+              f"{EXIT_CODE_ANNOTATION}=1` fails one. Logs of every component: {root / 'logs'}.")
+        print("  kubectl apply -f examples/job.yaml && kubectl get mmtj -n ml-team -w      # make cluster-down stops it")
+    print(f"export PATH={cp.build / 'bin'}:$PATH   # kubectl {version}")
     print(f"export KUBECONFIG={cp.kubeconfig}")
     return 0
 

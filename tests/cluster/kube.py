@@ -15,6 +15,7 @@ EXIT_CODE_ANNOTATION = 'kwok.kubefusion.io/exit-code'  # cluster/kwok/pod-stages
 
 MTJ = ('kubefusion.io', 'v1alpha1', 'multimodaltrainjobs')
 PYTORCHJOB = ('kubeflow.org', 'v1', 'pytorchjobs')
+WORKLOAD = ('kueue.x-k8s.io', 'v1beta2', 'workloads')  # Kueue's (the CRD from its module, no controller)
 JOB_NAME_LABEL = 'training.kubeflow.org/job-name'  # the training operator's label on the pods it makes
 
 
@@ -83,6 +84,25 @@ class Namespace:
         request (Kubeflow deletes the other pods as soon as the master has succeeded)."""
         selector = f'{JOB_NAME_LABEL}={job}' + (f',training.kubeflow.org/replica-type={replica}' if replica else '')
         self.kubectl('annotate', 'pod', '-l', selector, '--overwrite', f'{EXIT_CODE_ANNOTATION}={exit_code}')
+
+    def workload_for(self, job: str) -> str:
+        """What Kueue does for a queued job: a Workload owned by its PyTorchJob (Kueue's own controller is not
+        running here). Returns its name; read ``spec.active`` with :meth:`workload_active`."""
+        owner = wait_for(lambda: self.pytorchjob(job), what=f'the PyTorchJob {job}')['metadata']
+        name = f'pytorchjob-{job}'
+        self.custom.create_namespaced_custom_object(*WORKLOAD[:2], self.name, WORKLOAD[2], {
+            'apiVersion': '/'.join(WORKLOAD[:2]), 'kind': 'Workload',
+            'metadata': {'name': name, 'ownerReferences': [
+                {'apiVersion': 'kubeflow.org/v1', 'kind': 'PyTorchJob', 'name': job, 'uid': owner['uid'],
+                 'controller': True, 'blockOwnerDeletion': True}]},
+            'spec': {'queueName': owner['labels']['kueue.x-k8s.io/queue-name'], 'podSets': [
+                {'name': 'master', 'count': 1, 'template': {'spec': {'containers': [{'name': 'pytorch',
+                                                                                     'image': 'x'}]}}}]}})
+        return name
+
+    def workload_active(self, name: str) -> bool | None:
+        return self.custom.get_namespaced_custom_object(*WORKLOAD[:2], self.name, WORKLOAD[2], name)['spec'].get(
+            'active')
 
     def events(self, name: str) -> list[Any]:
         return [e for e in self.core.list_namespaced_event(self.name).items if e.involved_object.name == name]

@@ -133,6 +133,15 @@ def test_fixed_sections_cannot_change_after_creation(namespace: Namespace, secti
     assert f'spec.{section} is immutable once the job is created' in message
 
 
+def test_a_change_inside_a_volume_type_the_crd_does_not_describe_is_refused_too(namespace: Namespace) -> None:
+    # data.source keeps unknown fields (any volume type); `self == oldSelf` compares them all the same.
+    iscsi = {'iscsi': {'targetPortal': '10.0.0.9:3260', 'iqn': 'iqn.2026-01.io.example:data', 'lun': 0}}
+    stored = namespace.create_job(job_body('iscsi', nodes=1, data={'source': iscsi, 'path': 'products/'}))
+    changed = copy.deepcopy(stored)
+    changed['spec']['data']['source']['iscsi']['lun'] = 1
+    assert 'spec.data is immutable once the job is created' in refusal(namespace, changed, update_of=stored)
+
+
 def test_image_cannot_be_added_or_removed_and_run_policy_may_change(namespace: Namespace) -> None:
     stored = namespace.create_job(job_body('image-and-policy'))
     without = copy.deepcopy(stored)

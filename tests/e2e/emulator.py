@@ -31,19 +31,17 @@ What a real API server does and kmock as shipped does not, and which this class 
 - Watches: without ``resourceVersion`` (or with ``0``) the existing objects come as ``ADDED`` first;
   with one, only events newer than it; ``timeoutSeconds`` ends the stream; selectors apply, and an object
   that stops (starts) matching is sent as ``DELETED`` (``ADDED``).
-- RBAC, when ``emulator.roles`` binds a token to ClusterRole rules: requests outside them are 403 Forbidden,
-  and which rule allowed what is recorded (to check that a ClusterRole is both sufficient and minimal).
-- Deletion: finalizers hold an object with ``deletionTimestamp`` until they are removed; the garbage
-  collector removes dependents whose every owner (``ownerReferences[].uid``) is gone, unless
-  ``propagationPolicy=Orphan``.
+- Deletion: finalizers hold an object with ``deletionTimestamp`` until they are removed.
 - A POSTed CustomResourceDefinition registers its resource (kind, plural, short names, scope, status
   subresource, printer columns) in discovery and becomes ``Established``; deleting it removes the
   resource and its objects. kopf sees the change through its CRD watch and rescans.
 
 Not emulated: protobuf request bodies (415: kubectl writes built-in kinds as protobuf, so create those with the
 Python client), server-side apply (415), admission/OpenAPI validation and defaulting, field managers,
-``limit``/``continue`` paging (everything comes in one page), foreground deletion (treated as background),
-watch bookmarks, authentication, RBAC beyond ClusterRole rules (no Roles, resourceNames, nonResourceURLs).
+``limit``/``continue`` paging (everything comes in one page), watch bookmarks, authentication, RBAC, garbage
+collection. The emulator is kept for what a real control plane cannot produce on demand (injected failures,
+races); tests/cluster runs everything else against real Kubernetes components, RBAC and the garbage collector
+included.
 
 :class:`EmulatorThread` runs the emulator on 127.0.0.1 on a free port in a background thread with its own
 event loop, so that tests can drive it with the synchronous Python client and subprocesses.
@@ -220,12 +218,6 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
     """Every change as a watch event, with ``rv``, ``resource`` and the previous state (``old``)."""
     _watchers: set[asyncio.Queue[dict[str, Any]]] = attrs.field(factory=set, init=False)
     _own_reactions: int = attrs.field(default=0, init=False)
-    roles: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
-    """RBAC: bearer token -> ClusterRole rules. Tokens not listed are cluster admins (as the tests' own client)."""
-    authorized: list[tuple[str, int, str, str]] = attrs.field(factory=list, init=False)
-    """(token, rule index, verb, group/resource) of every request a rule allowed."""
-    denied: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)
-    """(token, verb, group/resource) of every request RBAC refused (403)."""
 
     def __attrs_post_init__(self) -> None:
         # kmock's scaffold serves discovery and unknown endpoints; its emulator's naive CRUD fallbacks
@@ -359,12 +351,12 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         self.objects[key].create(new)
         stored = self.objects[key].raw
         if meta.get('deletionTimestamp') and not meta.get('finalizers'):
-            self._remove(res, namespace, stored, orphan=False)
+            self._remove(res, namespace, stored)
         else:
             self._emit(res, 'MODIFIED', stored, old)
         return stored
 
-    def _remove(self, res: resource, namespace: str | None, obj: dict[str, Any], *, orphan: bool) -> None:
+    def _remove(self, res: resource, namespace: str | None, obj: dict[str, Any]) -> None:
         final = copy.deepcopy(obj)
         final['metadata']['resourceVersion'] = self._next_rv()
         key = (res, namespace, obj['metadata']['name'])
@@ -374,23 +366,10 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         if res == CRDS:
             for kind in self._kinds_from_crd(obj):
                 for r, ns, child in list(self._live(kind.resource)):
-                    self._remove(r, ns, child, orphan=True)
+                    self._remove(r, ns, child)
                 self.unregister(kind.resource)
-        if not orphan:
-            self._collect_garbage(obj['metadata']['uid'])
 
-    def _collect_garbage(self, owner_uid: str) -> None:
-        """Background cascading deletion: dependents whose owners are all gone go too."""
-        live_uids = {o['metadata'].get('uid') for _, _, o in self._live()}
-        for res, namespace, obj in list(self._live()):
-            owners = obj['metadata'].get('ownerReferences') or []
-            if not any(ref.get('uid') == owner_uid for ref in owners):
-                continue
-            if any(ref.get('uid') in live_uids for ref in owners):
-                continue  # another owner is alive (a real GC would drop only the dead reference)
-            self._delete(res, namespace, obj, orphan=False)
-
-    def _delete(self, res: resource, namespace: str | None, obj: dict[str, Any], *, orphan: bool) -> dict[str, Any]:
+    def _delete(self, res: resource, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj['metadata']
         if meta.get('finalizers'):
             if meta.get('deletionTimestamp'):
@@ -404,7 +383,7 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
             self.objects[key].create(marked)
             self._emit(res, 'MODIFIED', self.objects[key].raw, obj)
             return self.objects[key].raw
-        self._remove(res, namespace, obj, orphan=orphan)
+        self._remove(res, namespace, obj)
         return obj
 
     def _establish(self, crd: dict[str, Any]) -> None:
@@ -478,33 +457,9 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
         result = await self._dispatch(request)
         return result if isinstance(result, rendering.Response) else rendering.Response(status=200, payload=result)
 
-    def _authorize(self, request: Request) -> None:
-        """Enforce the ClusterRole rules bound to the request's bearer token, as the RBAC authorizer does."""
-        token = _header(request, 'Authorization').removeprefix('Bearer ').strip()
-        rules = self.roles.get(token)
-        if rules is None:
-            return
-        assert request.resource is not None
-        method = request.method.upper()
-        verb = ('watch' if method == 'GET' and request.params.get('watch') in ('true', '1') else
-                {'GET': 'get' if request.name else 'list', 'POST': 'create', 'PUT': 'update', 'PATCH': 'patch',
-                 'DELETE': 'delete' if request.name else 'deletecollection'}.get(method, method.lower()))
-        group = request.resource.group or ''
-        plural = f'{request.resource.plural}/{request.subresource}' if request.subresource else request.resource.plural
-        for index, rule in enumerate(rules):
-            if (set(rule.get('apiGroups', [])) & {group, '*'} and set(rule.get('resources', [])) & {plural, '*'}
-                    and set(rule.get('verbs', [])) & {verb, '*'}):
-                self.authorized.append((token, index, verb, f'{group}/{plural}'))
-                return
-        self.denied.append((token, verb, f'{group}/{plural}'))
-        where = f' in the namespace "{request.namespace}"' if request.namespace else ' at the cluster scope'
-        raise api_error(403, 'Forbidden', f'{plural}{"." + group if group else ""} is forbidden: User "{token}" cannot '
-                        f'{verb} resource "{plural}" in API group "{group}"{where}')
-
     async def _dispatch(self, request: Request) -> Any:
         res = request.resource
         assert res is not None
-        self._authorize(request)
         kind = self.kinds.get(resource(res.group, res.version, res.plural))
         if kind is None:
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
@@ -538,11 +493,10 @@ class FaithfulKubernetesEmulator(KubernetesEmulator):
             return self._patch(kind, namespace, obj, request)
         if method == 'DELETE':
             body = request.data if isinstance(request.data, dict) else {}
-            policy = request.params.get('propagationPolicy') or body.get('propagationPolicy')
             expected = (body.get('preconditions') or {}).get('resourceVersion')
             if expected and expected != obj['metadata']['resourceVersion']:
                 raise self._conflict(kind, request.name)
-            return self._delete(res, namespace, obj, orphan=policy == 'Orphan')
+            return self._delete(res, namespace, obj)
         raise api_error(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource')
 
     def _conflict(self, kind: Kind, name: str) -> KubernetesError:
@@ -794,8 +748,7 @@ class EmulatorThread:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
 
     def write_kubeconfig(self, path: Any, namespace: str = 'default', token: str = 'emulator') -> Any:
-        """A kubeconfig for kubectl, kopf and the Python client, pointing at this emulator. ``token`` selects
-        the RBAC rules (``emulator.roles``); an unknown one is a cluster admin."""
+        """A kubeconfig for kubectl, kopf and the Python client, pointing at this emulator."""
         path.write_text(json.dumps({
             'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator',
             'clusters': [{'name': 'emulator', 'cluster': {'server': self.url}}],

@@ -135,9 +135,6 @@ class Cluster:
     def configmaps(self, namespace: str = NAMESPACE) -> list[Any]:
         return self.core.list_namespaced_config_map(namespace).items
 
-    def events(self, name: str, namespace: str = NAMESPACE) -> list[Any]:
-        return [e for e in self.core.list_namespaced_event(namespace).items if e.involved_object.name == name]
-
     def phase(self, name: str, namespace: str = NAMESPACE) -> str | None:
         return (self.job(name, namespace).get('status') or {}).get('phase')
 

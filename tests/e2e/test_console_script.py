@@ -7,9 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
-
-from .harness import OperatorProcess, wait_for
 
 SCRIPT = str(Path(sys.executable).parent / 'kubefusion-operator')
 
@@ -44,22 +41,6 @@ def test_the_operator_imports_neither_torch_nor_tensorflow_nor_the_trainer() -> 
     done = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == '[]'
-
-
-def test_serves_liveness_and_metrics_and_stops_cleanly_on_sigterm(kubeconfig: Path, tmp_path: Path) -> None:
-    operator = OperatorProcess(kubeconfig, tmp_path / 'operator.log')
-    operator.start()
-    try:
-        assert requests.get(f'http://127.0.0.1:{operator.liveness_port}/healthz', timeout=5).ok
-        metrics = operator.metrics()
-        assert metrics['kubefusion_operator_jobs{phase="Running"}'] == 0
-        assert metrics['kubefusion_operator_reconcile_duration_seconds_count'] == 0
-    finally:
-        process = operator.process
-        operator.stop()
-    assert process is not None
-    wait_for(lambda: process.poll() is not None, what='exit')
-    assert process.returncode == 0, operator.tail()
 
 
 def test_settings_come_from_the_environment_and_back_off_exponentially() -> None:

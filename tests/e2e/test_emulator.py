@@ -227,23 +227,6 @@ def test_python_client_watch_resumes_from_list(core: kubernetes.client.CoreV1Api
     assert [(e['type'], e['object'].metadata.name) for e in stream] == [('ADDED', 'b')]
 
 
-def test_owner_reference_garbage_collection_and_orphaning(custom: Any, core: kubernetes.client.CoreV1Api) -> None:
-    owner = create(custom, 'owner')
-    reference = {'apiVersion': f'{GROUP}/{VERSION}', 'kind': 'Widget', 'name': 'owner',
-                 'uid': owner['metadata']['uid'], 'controller': True}
-    core.create_namespaced_config_map('default', {'metadata': {'name': 'child', 'ownerReferences': [reference]}})
-    core.create_namespaced_config_map('default', {'metadata': {'name': 'unrelated'}})
-    custom.delete_namespaced_custom_object(GROUP, VERSION, 'default', PLURAL, 'owner')
-    assert [cm.metadata.name for cm in core.list_namespaced_config_map('default').items] == ['unrelated']
-
-    orphaner = create(custom, 'orphaner')
-    reference['uid'] = orphaner['metadata']['uid']
-    core.create_namespaced_config_map('default', {'metadata': {'name': 'orphan', 'ownerReferences': [reference]}})
-    custom.delete_namespaced_custom_object(GROUP, VERSION, 'default', PLURAL, 'orphaner',
-                                           propagation_policy='Orphan')
-    assert core.read_namespaced_config_map('orphan', 'default').metadata.name == 'orphan'
-
-
 def test_finalizers_hold_deletion_until_removed(custom: Any) -> None:
     body = widget('a')
     body['metadata']['finalizers'] = ['example.com/cleanup']

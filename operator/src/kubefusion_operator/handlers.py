@@ -19,6 +19,9 @@ mapping are pure modules; this file only wires them to the API and never branche
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import datetime
 import functools
 import json
@@ -110,20 +113,68 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return phase is None or not phase.is_terminal
 
 
-def _spread_first_resync(**_: Any) -> float:
-    """The first resync of each job at a random point of the period, so that a restarted operator with many
-    jobs (all resumed at once) does not reconcile them all in the same second every period after."""
-    return OPTIONS.resync_seconds * random.uniform(0.5, 1.5)
+@kopf.index(*MTJ)
+def unfinished_jobs(namespace: str, name: str, body: kopf.Body, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    """The jobs the resync loop visits, with their latest body (kopf keeps it current from the watch events)."""
+    return {(namespace, name): body} if _unfinished(status) else {}
 
 
-@kopf.timer(*MTJ, interval=OPTIONS.resync_seconds, initial_delay=_spread_first_resync, idle=0, when=_unfinished)
-def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+# One loop for all jobs rather than a kopf timer per job: a kopf timer puts a finalizer on its object (so
+# `kubectl delete` of a job, or of its namespace, hangs while no operator runs) and costs an asyncio task per
+# job; this loop costs one task and adds no finalizer.
+_RESYNC: dict[str, Any] = {}
+RESYNC_LOG = logging.getLogger("kubefusion_operator.resync")
+
+
+@kopf.on.startup()
+async def start_resync(unfinished_jobs: kopf.Index, settings: kopf.OperatorSettings, **_: Any) -> None:
+    _RESYNC["task"] = asyncio.create_task(_resync_forever(unfinished_jobs, settings))
+
+
+@kopf.on.cleanup()
+async def stop_resync(**_: Any) -> None:
+    task = _RESYNC.pop("task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _resync_forever(jobs: kopf.Index, settings: kopf.OperatorSettings) -> None:
+    """Every ``--resync-seconds``, reconcile each unfinished job once, at evenly spread moments of the period
+    in a random order (many jobs resumed together do not all resync in the same second). A job whose previous
+    resync still runs is skipped, so a slow API server is not queued up on."""
+    loop = asyncio.get_running_loop()
+    running: set[Any] = set()
+    while True:
+        keys = list(jobs)
+        random.shuffle(keys)
+        gap = OPTIONS.resync_seconds / max(len(keys), 1)
+        if not keys:
+            await asyncio.sleep(gap)
+        for key in keys:
+            await asyncio.sleep(gap)
+            store = jobs.get(key)
+            if not store or key in running:
+                continue
+            running.add(key)
+            # kopf's own thread pool for sync handlers (--workers), read each time: configure() may replace it;
+            # in this task's context, as kopf runs sync handlers, so kopf.info/warn find the event queue.
+            future = loop.run_in_executor(settings.execution.executor, contextvars.copy_context().run, resync,
+                                          _plain(next(iter(store))))
+            future.add_done_callback(lambda _, key=key: running.discard(key))
+
+
+def resync(job: dict[str, Any]) -> None:
     """The level-based safety net: the same reconciliation, periodically, whatever events were missed."""
+    meta, logger = job["metadata"], RESYNC_LOG
     with metrics.reconciling():
         try:
-            _reconcile(_plain(body), retry=0, logger=logger)
+            _reconcile(job, retry=0, logger=logger)
         except (kopf.TemporaryError, kopf.PermanentError) as e:
-            logger.info(f"Resync deferred: {e}")  # the change handlers own retries and reporting
+            logger.info(f"Resync of {meta['namespace']}/{meta['name']} deferred: {e}")  # the change handlers retry
+        except Exception as e:  # noqa: BLE001 - the next period tries again; one job never stops the loop
+            logger.warning(f"Resync of {meta['namespace']}/{meta['name']} failed: {e}")
 
 
 def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> None:
@@ -169,8 +220,9 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         if made:
             created.append(f"{backend.kind} {name}")
         workload = _ensure_workload_active(spec, child)
-        fresh = _fresh(backend, child, job)
-        _write_status(namespace, name, lambda current: _status(current, backend, fresh,
+        # The child is read inside the write, after the job: a mirror write in between makes the patch a 409 (and
+        # a new attempt), where a child read before the job would overwrite that newer status with an older one.
+        _write_status(namespace, name, lambda current: _status(current, backend, _fresh(backend, child, job),
                                                                applied=meta.get("generation") or 1, workload=workload))
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
@@ -257,8 +309,8 @@ def _applied_spec(child: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _fresh(backend: Backend | None, child: dict[str, Any] | None, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The child as it is now. Status is computed from a read made after the job's own read, so that a status
-    write racing the mirror handler fails on the job's resourceVersion instead of going stale."""
+    """The child as it is now. Called inside a status write's compute, after the job is read: a status write
+    racing the mirror handler then fails on the job's resourceVersion instead of going stale."""
     if child is None or backend is None:
         return None
     now = _read_or_none(functools.partial(kube.get_child, backend), child["metadata"]["namespace"],
@@ -290,9 +342,8 @@ def _refuse(job: dict[str, Any], reason: str, message: str, backend: Backend | N
     before = api.get_condition((job.get("status") or {}).get("conditions"), ConditionType.SPEC_VALID) or {}
     transition = before.get("status") != api.CONDITION_FALSE or before.get("message") != message
 
-    fresh = _fresh(backend, child, job)
-
     def compute(current: dict[str, Any]) -> dict[str, Any]:
+        fresh = _fresh(backend, child, job)  # read after the job (see _reconcile)
         status = _status(current, backend, fresh) if fresh is not None else dict(current.get("status") or {})
         status["conditions"] = api.set_condition(
             status.get("conditions"), ConditionType.SPEC_VALID, False, reason, message, _now(),

@@ -127,7 +127,7 @@ class PyTorchJobBackend(Backend):
                                     api.PYTORCHJOB_KIND)
     status_key = "pytorchJob"
     install = ("Kubeflow's training operator: kubectl apply --server-side -k "
-               '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.8.1"')
+               '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.2"')
     pending_reason = "PyTorchJobPending"
     lost_reason = "PyTorchJobLost"
     waiting_reason = "WaitingForTrainingOperator"
