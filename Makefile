@@ -13,11 +13,12 @@ export TRANSFORMERS_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv tools demo test test-fast lint clean cluster-build cluster cluster-down
+.PHONY: help venv tools demo test test-fast bench lint clean cluster-build cluster cluster-down
 
 help:
 	@echo "make demo          - set up, then train the local demo job on built-in demo data"
 	@echo "make test          - set up, then run the whole test suite"
+	@echo "make bench         - set up, then run every benchmark and write docs/benchmarks.md (SKIP_CLUSTER=1: no Go rows)"
 	@echo "make cluster       - start a local control plane with the chart and operator (prints export KUBECONFIG=...)"
 	@echo "make cluster-down  - stop it"
 
@@ -54,6 +55,10 @@ test: venv tools cluster-build
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
+
+# Every benchmark as ratios against a same-run baseline; one table in docs/benchmarks.md (about 15 min on 2 cores).
+bench: venv
+	$(BIN)/python benchmarks/run_all.py $(if $(SKIP_CLUSTER),--skip-cluster)
 
 clean: cluster-down
 	rm -rf $(VENV) .tools runs .pytest_cache cluster/.build

@@ -1,21 +1,22 @@
-"""Preprocessing and model export on the demo job: cold export vs cache hit, model export, backends, serving.
+"""Preprocessing on the demo job: the exported ONNX graph against the TensorFlow graph it came from, and a
+cold ``kubefusion preprocess`` against a cache hit.
 
-    .venv/bin/python benchmarks/preprocess_export.py [--samples 4000] [--batches 50] [--threads 1]
+    .venv/bin/python benchmarks/preprocess_export.py [--samples 4000] [--batches 30] [--rounds 5] [--serving]
 
-Runs the real commands as separate processes (what an init container and a user pay, interpreter start and
-imports included), in a fresh temporary ARTIFACTS folder:
-
-1. ``kubefusion preprocess`` on ``builtin:demo`` (synthesises the demo data, then exports): cold.
-2. The same command again: a cache hit. The cold/warm ratio is printed.
-3. ``kubefusion export`` of a random-initialised demo-preset model (the architecture ``make demo`` trains).
-4. ``kubefusion predict --data`` on the demo OOD folder (records/s, end to end).
-5. The trainer's per-batch preprocessing: ``Preprocessor`` with the onnx and the tf backend on the same
-   batches (64 demo-size images + numeric rows): batches/s and the ratio.
+1. ``kubefusion preprocess`` on ``builtin:demo`` (synthesises the demo data, then exports) into a fresh
+   ARTIFACTS folder, then the same command again: a cache hit. Each command is a fresh process (what an init
+   container pays, interpreter start and imports included); ``--cache-rounds`` rounds, each with its own folder.
+2. The trainer's per-batch preprocessing: ``Preprocessor`` with the onnx and the tf backend, loaded from the
+   same artifact, on the same batches of 64 images + numeric rows, interleaved round by round: at the
+   artifact's image size (what the pipeline hands over) and at twice that size (a resize inside the graph).
+   onnxruntime gets the threads the trainer gives it in one process (``preprocess_threads``), TensorFlow its
+   own default pool: both use every core.
+3. ``--serving`` also times ``kubefusion export`` of a random-initialised demo model and ``kubefusion predict
+   --data`` on the OOD folder (seconds only: they have no baseline, so they are not rows).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -30,7 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from harness import Goal, Row, cpus, describe, emit, interleave, log, paired, parser, timed  # noqa: E402
 from kubefusion.config import demo, job_to_dict  # noqa: E402
+
+COMMAND = ".venv/bin/python benchmarks/preprocess_export.py"
+BATCH = 64
 
 
 def kubefusion(*argv: str) -> tuple[float, dict]:
@@ -42,78 +47,112 @@ def kubefusion(*argv: str) -> tuple[float, dict]:
     return seconds, json.loads(proc.stdout)
 
 
-def backend_rate(artifacts: Path, backend: str, batches: list, threads: int | None) -> float:
+def serving(job, artifacts: Path, tmp_path: Path, manifest: dict, samples: int) -> None:
+    import torch
+
+    from kubefusion.model import build_model
+    from kubefusion.train.checkpoint import write_model_file
+
+    torch.manual_seed(0)
+    model = build_model(job.model, num_classes=manifest["num_classes"],
+                        num_numeric_features=len(manifest["numeric_columns"]))
+    info = {**model.describe(), "classes": manifest["classes"], "numeric_columns": manifest["numeric_columns"],
+            "content_key": manifest["content_key"]}
+    checkpoint = tmp_path / "model.pt"
+    write_model_file(checkpoint, {"model": model.state_dict(), "step": 0, "config": job_to_dict(job),
+                                  "model_info": info})
+    export_s, exported = kubefusion("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "served"),
+                                    "--artifacts", str(artifacts))
+    ood = artifacts / "data" / f"demo-{samples}-seed0" / "ood"
+    predict_s, predicted = kubefusion("predict", "--artifacts", str(tmp_path / "served"), "--data", str(ood))
+    log(f"kubefusion export (demo model): {export_s:.2f} s (torch.onnx.export "
+        f"{exported['timings_seconds']['torch_onnx_export']} s, parity {exported['parity']['max_abs_diff']:.1e}); "
+        f"kubefusion predict --data ood: {predict_s:.2f} s ({predicted['records']} records)")
+
+
+def backend_rows(artifacts: Path, manifest: dict, batches: int, rounds: int) -> list[Row]:
     from kubefusion.preprocess.runtime import Preprocessor
+    from kubefusion.train.prefetch import available_cpus, preprocess_threads
 
-    pre = Preprocessor.load(artifacts, backend, threads=threads)
-    pre(*batches[0])  # warm-up (graph tracing, allocations)
-    started = time.perf_counter()
-    for image, numeric in batches:
-        pre(image, numeric)
-    return len(batches) / (time.perf_counter() - started)
+    threads = preprocess_threads(available_cpus(), 1)
+    backends = {"onnx": Preprocessor.load(artifacts, "onnx", threads=threads), "tf": Preprocessor.load(artifacts, "tf")}
+    rng = np.random.default_rng(0)
+    size, features = manifest["image_size"], len(manifest["numeric_columns"])
+    rows = []
+    for side in (size, 2 * size):
+        data = [(rng.integers(0, 256, (BATCH, side, side, 3), dtype=np.uint8),
+                 rng.normal(size=(BATCH, features)).astype(np.float32)) for _ in range(batches)]
+        for pre in backends.values():
+            pre(*data[0])  # graph tracing and first allocations are not timed
+
+        def rate(pre=None, data=data) -> float:
+            return len(data) / timed(lambda: [pre(image, numeric) for image, numeric in data])
+
+        log(f"preprocess_export: backends at {side} px, {rounds} rounds of {batches} batches")
+        rates = interleave({name: (lambda pre=pre: rate(pre)) for name, pre in backends.items()},
+                           rounds=rounds, progress=log)
+        what = f"64 x {side} px (the artifact's size)" if side == size else f"64 x {side} px -> {size} px (resize)"
+        rows.append(Row(
+            measured=f"trainer preprocessing batches/s, exported ONNX graph in onnxruntime ({threads} threads): "
+                     f"{what} + {features} numeric columns, {cpus()} cores",
+            value=f"onnx {describe(rates['onnx'], 'batches/s')}",
+            baseline=f"the same graph in TensorFlow (its SavedModel), same batches: "
+                     f"{describe(rates['tf'], 'batches/s')}",
+            ratio=paired(rates["onnx"], rates["tf"]), ratio_of="onnx / tf", goal=Goal(">=", 1.0), command=COMMAND,
+            if_missed="see docs/benchmarks.md."))
+    return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=4000, help="demo records (default 4000, the preset's)")
-    parser.add_argument("--batches", type=int, default=50, help="batches per backend timing")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="onnxruntime intra-op threads, 0 = every core (default 1, the Preprocessor default)")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> list[Row]:
+    p = parser(__doc__)
+    p.add_argument("--samples", type=int, default=4000, help="demo records (default 4000)")
+    p.add_argument("--batches", type=int, default=30, help="batches per backend per round")
+    p.add_argument("--cache-rounds", type=int, default=2, help="cold + cache-hit command pairs")
+    p.add_argument("--serving", action="store_true", help="also time kubefusion export and predict")
+    args = p.parse_args(argv)
+    samples, batches, rounds, cache_rounds = (200, 2, 1, 1) if args.smoke else (
+        args.samples, args.batches, args.rounds or 5, args.cache_rounds)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         job = demo()
-        job.data.demo_samples = args.samples
+        job.data.demo_samples = samples
         job_file = tmp_path / "job.yaml"
         job_file.write_text(yaml.safe_dump(job_to_dict(job)))
-        artifacts = tmp_path / "artifacts"
+        folders = iter(tmp_path / f"artifacts-{i}" for i in range(10**6))
+        current: list[Path] = []
 
-        cold, first = kubefusion("preprocess", "--config", str(job_file), "--out", str(artifacts))
-        warm, second = kubefusion("preprocess", "--config", str(job_file), "--out", str(artifacts))
-        assert not first["reused"] and second["reused"]
-        manifest = json.loads((Path(first["artifact"]) / "manifest.json").read_text())
+        def cold() -> float:
+            current.append(next(folders))
+            seconds, first = kubefusion("preprocess", "--config", str(job_file), "--out", str(current[-1]))
+            assert not first["reused"], first
+            return seconds
 
-        import torch
+        def warm() -> float:  # the rounds start with cold (the rotation puts it first), so a folder exists
+            seconds, second = kubefusion("preprocess", "--config", str(job_file), "--out", str(current[-1]))
+            assert second["reused"], second
+            return seconds
 
-        from kubefusion.model import build_model
-        from kubefusion.train.checkpoint import write_model_file
+        log(f"preprocess_export: {cache_rounds} rounds of cold + cache-hit kubefusion preprocess")
+        seconds = interleave({"cold": cold, "warm": warm}, rounds=cache_rounds, progress=log)
+        from kubefusion.preprocess.runtime import Preprocessor
 
-        torch.manual_seed(0)
-        model = build_model(job.model, num_classes=manifest["num_classes"],
-                            num_numeric_features=len(manifest["numeric_columns"]))
-        info = {**model.describe(), "classes": manifest["classes"], "numeric_columns": manifest["numeric_columns"],
-                "content_key": manifest["content_key"]}
-        checkpoint = tmp_path / "model.pt"
-        write_model_file(checkpoint, {"model": model.state_dict(), "step": 0, "config": job_to_dict(job),
-                                      "model_info": info})
-        export_s, exported = kubefusion("export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "served"),
-                                        "--artifacts", str(artifacts))
-
-        ood = artifacts / "data" / f"demo-{args.samples}-seed0" / "ood"
-        predict_s, predicted = kubefusion("predict", "--artifacts", str(tmp_path / "served"), "--data", str(ood))
-
-        rng = np.random.default_rng(0)
-        size, features = manifest["image_size"], len(manifest["numeric_columns"])
-        threads = args.threads or None
-        rates = {}
-        for side in (size, 2 * size):  # at the training size (the pipeline's output) and needing a resize
-            batches = [(rng.integers(0, 256, (64, side, side, 3), dtype=np.uint8),
-                        rng.normal(size=(64, features)).astype(np.float32)) for _ in range(args.batches)]
-            rates[side] = {b: backend_rate(artifacts, b, batches, threads) for b in ("onnx", "tf")}
-
-    print(f"demo job, {args.samples} records, {os.cpu_count()} CPUs")
-    print(f"  kubefusion preprocess, cold (synth + export)  {cold:8.2f} s   (in-process stages: "
-          f"{manifest['timings_seconds']})")
-    print(f"  kubefusion preprocess, cache hit              {warm:8.2f} s   cold/warm = {cold / warm:.1f}x")
-    print(f"  kubefusion export (demo model)                {export_s:8.2f} s   (torch.onnx.export "
-          f"{exported['timings_seconds']['torch_onnx_export']} s, parity {exported['parity']['max_abs_diff']:.1e})")
-    print(f"  preprocessing + model export                  {cold + export_s:8.2f} s")
-    print(f"  kubefusion predict --data ood                 {predict_s:8.2f} s   "
-          f"({predicted['records']} records, {predicted['records'] / predict_s:.0f} records/s end to end)")
-    for side, rate in rates.items():
-        print(f"  Preprocessor batches/s, 64 x {side}px -> {size}px  onnx {rate['onnx']:7.1f}   tf {rate['tf']:7.1f}   "
-              f"onnx/tf = {rate['onnx'] / rate['tf']:.2f}x   (threads: {threads or 'all'})")
+        artifacts = current[-1]
+        manifest = Preprocessor.load(artifacts).manifest
+        rows = [Row(
+            measured=f"kubefusion preprocess on a cache hit (same job and data: content key found), demo job, "
+                     f"{samples} records, a fresh process",
+            value=f"cache hit {describe(seconds['warm'], 's', 2)}",
+            baseline=f"cold: the same command into an empty ARTIFACTS folder (synthesise the demo data, scan, "
+                     f"statistics, SavedModel, tf2onnx, parity): {describe(seconds['cold'], 's', 1)}",
+            ratio=paired(seconds["cold"], seconds["warm"]), ratio_of="cold s / cache-hit s", command=COMMAND,
+            note="What every pod's init container pays once the artifact exists (interpreter start and imports "
+                 "included).")]
+        rows += backend_rows(artifacts, manifest, batches, rounds)
+        if args.serving:
+            serving(job, artifacts, tmp_path, manifest, samples)
+    emit(rows, args)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,19 +1,18 @@
 """The data part of the content key with and without the per-file digest cache (ARTIFACTS/.fingerprints/).
 
-    .venv/bin/python benchmarks/preprocess_fingerprint.py [--files 20000] [--bytes 4096] [--repeats 3]
+    .venv/bin/python benchmarks/preprocess_fingerprint.py [--files 20000] [--bytes 4096] [--rounds 3]
         [--evict] [--json]
     .venv/bin/python benchmarks/preprocess_fingerprint.py --parse-entries 1000000
 
 Writes ``--files`` files of ``--bytes`` random bytes (images/NNNNN.png, 1000 per folder, plus text.csv) into a
 temporary folder and dates them an hour back (a dataset written earlier; files younger than
-``artifact.RACY_SECONDS`` are never cached). Then, in this one process, ``--repeats`` times each:
+``artifact.RACY_SECONDS`` are never cached). Then, in this one process, ``--rounds`` interleaved rounds of:
 
 - ``no cache``: ``data_fingerprint(root)``, every file read (what every init container did before the cache);
 - ``cold``: an empty cache, every file read and the cache file written (the first pod on a new dataset);
 - ``warm``: the cache from the run before, no file read (every later pod, restart and expected_content_key).
 
-The baseline is ``no cache`` in the same run; printed are the median seconds, per-file microseconds and the
-ratios. The files were just written, so they sit in the page cache: ``no cache`` and ``cold`` are measured at
+The baseline is ``no cache`` in the same run; rows: no cache / warm and cold / no cache, per-round ratios. The files were just written, so they sit in the page cache: ``no cache`` and ``cold`` are measured at
 their best (memory speed). ``--evict`` drops this dataset's files (only these: ``posix_fadvise(DONTNEED)`` per
 file, after an fsync) from the page cache before every run, so their contents come from the disk as in a pod
 that mounts a dataset it has not read yet; the warm run touches only metadata (one stat per file) and the
@@ -25,15 +24,15 @@ the fixed part of a warm run on a large dataset, which the 20k-file runs do not 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from harness import Row, describe, emit, interleave, log, paired, parser
 from kubefusion.preprocess import artifact
+
+COMMAND = ".venv/bin/python benchmarks/preprocess_fingerprint.py"
 
 
 def write_dataset(root: Path, files: int, size: int) -> None:
@@ -72,7 +71,7 @@ def time_cache_parse(entries: int) -> None:
                  for i in range(entries)}
         cache.write_bytes(artifact.canonical_json({"version": artifact.DIGEST_CACHE_VERSION, "files": files}))
         del files
-        seconds, known = timed(lambda: artifact.read_digest_cache(cache))
+        seconds, known = timed_result(lambda: artifact.read_digest_cache(cache))
         assert len(known) == entries
         del known
         tracemalloc.start()  # a second, traced read: tracing slows it, so the time above is untraced
@@ -84,64 +83,64 @@ def time_cache_parse(entries: int) -> None:
               f"load {os.getloadavg()[0]:.1f}")
 
 
-def timed(fn) -> tuple[float, dict]:
+def timed_result(fn) -> tuple[float, dict]:
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--files", type=int, default=20000)
-    parser.add_argument("--bytes", type=int, default=4096, help="size of each file")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--evict", action="store_true", help="read the files from disk, not the page cache")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--parse-entries", type=int, default=0, help="only time reading a cache of N entries")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> list[Row]:
+    p = parser(__doc__)
+    p.add_argument("--files", type=int, default=20000)
+    p.add_argument("--bytes", type=int, default=4096, help="size of each file")
+    p.add_argument("--evict", action="store_true", help="read the files from disk, not the page cache")
+    p.add_argument("--parse-entries", type=int, default=0, help="only time reading a cache of N entries")
+    args = p.parse_args(argv)
     if args.parse_entries:
         time_cache_parse(args.parse_entries)
-        return
+        return []
+    files, rounds = (200, 1) if args.smoke else (args.files, args.rounds or 3)
 
     with tempfile.TemporaryDirectory(prefix="fingerprint-bench-") as tmp:
         root, artifacts = Path(tmp) / "data", Path(tmp) / "artifacts"
-        write_dataset(root, args.files, args.bytes)
+        write_dataset(root, files, args.bytes)
         cache = artifact.fingerprint_cache_path(artifacts, root)
-        runs: dict[str, list[float]] = {"no cache": [], "cold": [], "warm": []}
         keys = set()
-        runners = {"no cache": lambda: artifact.data_fingerprint(root),
-                   "cold": lambda: artifact.data_fingerprint(root, cache=cache),
-                   "warm": lambda: artifact.data_fingerprint(root, cache=cache)}
-        for _ in range(args.repeats):
-            cache.unlink(missing_ok=True)
-            for name, run in runners.items():
-                if args.evict:
-                    evict(root)
-                seconds, result = timed(run)
-                runs[name].append(seconds)
-                keys.add(result["sha256"])
+
+        def run(use_cache: bool, fresh: bool) -> float:
+            if fresh:
+                cache.unlink(missing_ok=True)
+            elif use_cache and not cache.exists():  # a warm run needs the cache of a run before (untimed)
+                artifact.data_fingerprint(root, cache=cache)
+            if args.evict:
+                evict(root)
+            seconds, result = timed_result(lambda: artifact.data_fingerprint(root, cache=cache if use_cache else None))
+            keys.add(result["sha256"])
+            return seconds
+
+        log(f"preprocess_fingerprint: {files} files of {args.bytes} B, {rounds} rounds")
+        seconds = interleave({"no cache": lambda: run(False, False), "cold": lambda: run(True, True),
+                              "warm": lambda: run(True, False)}, rounds=rounds, progress=log)
         assert len(keys) == 1, "the cache changed the key"
         cache_bytes = cache.stat().st_size
 
-    base = statistics.median(runs["no cache"])
-    files = args.files + 1
-    report = {
-        "files": files, "bytes_per_file": args.bytes, "repeats": args.repeats, "evicted": args.evict,
-        "cache_file_bytes": cache_bytes,
-        "load_average": os.getloadavg()[0],
-        "runs": {name: {"median_s": round(statistics.median(times), 3), "all_s": [round(t, 3) for t in times],
-                        "us_per_file": round(statistics.median(times) / files * 1e6, 1),
-                        "no_cache_over_this": round(base / statistics.median(times), 1)}
-                 for name, times in runs.items()},
-    }
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return
-    print(f"{files} files of {args.bytes} B, median of {args.repeats}; cache file {cache_bytes / 1e6:.1f} MB; "
-          f"{'read from disk' if args.evict else 'page cache'}; load {report['load_average']:.1f}")
-    for name, row in report["runs"].items():
-        print(f"  {name:9s} {row['median_s']:7.3f} s  {row['us_per_file']:7.1f} us/file  "
-              f"no-cache/this {row['no_cache_over_this']:5.1f}x")
+    where = "read from disk (--evict)" if args.evict else "in the page cache"
+    measured = f"data part of the content key, {files + 1} files of {args.bytes} B {where}"
+    command = COMMAND + (" --evict" if args.evict else "")
+    baseline = f"no cache: every file read and hashed: {describe(seconds['no cache'], 's', 2)}"
+    rows = [
+        Row(measured=f"{measured}, warm digest cache (one stat per file)",
+            value=f"warm {describe(seconds['warm'], 's', 2)}", baseline=baseline,
+            ratio=paired(seconds["no cache"], seconds["warm"]), ratio_of="no-cache s / warm s", command=command,
+            note=f"Cache file {cache_bytes / 1e6:.1f} MB. Files read from the page cache are the uncached run at "
+                 f"its cheapest; from disk (--evict) or a network volume the gain grows."),
+        Row(measured=f"{measured}, cold digest cache (every file read, the cache written)",
+            value=f"cold {describe(seconds['cold'], 's', 2)}", baseline=baseline,
+            ratio=paired(seconds["cold"], seconds["no cache"]), ratio_of="cold s / no-cache s", command=command,
+            note="What the first pod on a new dataset pays for writing the cache."),
+    ]
+    emit(rows, args)
+    return rows
 
 
 if __name__ == "__main__":

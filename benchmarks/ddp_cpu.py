@@ -1,0 +1,156 @@
+"""DDP on CPU: 2 gloo processes x 1 thread against 1 process x 2 threads, same global batch, time per epoch.
+
+    .venv/bin/python benchmarks/ddp_cpu.py [--rounds 3] [--epochs 3] [--json] [--smoke]
+
+The demo job on its synthesised data (2000 records; preprocessing exported once), launched as
+``kubefusion run --local`` launches it: ``torchrun --nproc-per-node N`` with the environment of
+``kubefusion.local.child_environment`` (``OMP_NUM_THREADS`` and TensorFlow's thread counts = cores / N):
+
+- **ddp**: 2 processes x 1 thread, gloo, ``batchSizePerGPU: 64`` (the demo's own setting): global batch 128;
+- **single**: 1 process x 2 threads (torchrun, a process group of one), ``batchSizePerGPU: 128``.
+
+Each launch loads the data and the preprocessing once, then trains ``--epochs`` + 1 fresh one-epoch runs of
+the fused model (``train_stage``: tf.data reading, prefetched preprocessing, DDP, validation, the epoch-end
+checkpoint and model.pt); the first is a warm-up, the others are timed between barriers and their median is
+the launch's time per epoch. Launches alternate (ddp, single, single, ddp, ...); a round's ratio is
+single / ddp seconds per epoch, so above 1 means the two processes win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from harness import Row, cpus, describe, emit, interleave, log, paired, parser  # noqa: E402
+
+COMMAND = ".venv/bin/python benchmarks/ddp_cpu.py"
+GLOBAL_BATCH = 128
+RESULT = "ddp-epoch-seconds: "
+
+
+def worker(config: Path, artifacts: Path, output: Path, epochs: int) -> None:
+    """One rank under torchrun: time ``epochs`` + 1 one-epoch trainings of the fused model."""
+    from kubefusion import config as cfg
+    from kubefusion.data.tokenizer import load_tokenizer
+    from kubefusion.preprocess.artifact import TOKENIZER_DIR
+    from kubefusion.preprocess.runtime import Preprocessor
+    from kubefusion.train import distributed
+    from kubefusion.train.data import load_training_data
+    from kubefusion.train.loop import Session, Stage, train_stage
+    from kubefusion.train.prefetch import available_cpus, preprocess_threads
+    from kubefusion.train.recipe import make_prepare
+
+    job = cfg.load_job_file(config)
+    runtime = distributed.setup(job.training.collective_timeout_seconds)
+    try:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        preprocessor = Preprocessor.load(artifacts, threads=preprocess_threads(available_cpus(), local_ranks))
+        data = load_training_data(job, job.data_dir, manifest=preprocessor.manifest,
+                                  tokenizer=load_tokenizer(str(preprocessor.artifact_dir / TOKENIZER_DIR)),
+                                  rank=runtime.rank, world_size=runtime.world_size,
+                                  artifact_dir=preprocessor.artifact_dir)
+        seconds = []
+        for run in range(epochs + 1):
+            session = Session(job=job, runtime=runtime, data=data,
+                              prepare=make_prepare(preprocessor, runtime.device), output=output / f"run-{run}",
+                              artifact_info={"content_key": preprocessor.content_key, "classes": data.classes,
+                                             "numeric_columns": data.numeric_columns})
+            distributed.barrier()
+            started = time.perf_counter()
+            train_stage(session, Stage("fused", cfg.MODALITIES, 0))
+            distributed.barrier()
+            seconds.append(time.perf_counter() - started)
+        if runtime.is_main:
+            print(RESULT + json.dumps(seconds[1:]), flush=True)
+    finally:
+        distributed.teardown()
+
+
+def launch(processes: int, demo, folder: Path, epochs: int) -> float:
+    """Median seconds per epoch of one torchrun launch with ``processes`` ranks sharing this machine's cores."""
+    import yaml
+
+    from kubefusion import config as cfg
+    from kubefusion.local import LocalPlan, child_environment, free_port
+
+    job = cfg.job_from_dict(cfg.job_to_dict(demo.job))
+    job.training.epochs, job.training.baselines = 1, False
+    job.training.batch_size_per_gpu = GLOBAL_BATCH // processes
+    job.monitoring.metrics_port = 0
+    config = folder / f"job-{processes}.yaml"
+    config.write_text(yaml.safe_dump(cfg.job_to_dict(job)))
+    plan = LocalPlan(processes, "cpu", "gloo", max(1, cpus() // processes))
+    output = Path(tempfile.mkdtemp(prefix=f"ddp-{processes}x-", dir=folder))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--max-restarts", "0",
+               __file__, "--worker", "--config", str(config), "--artifacts", str(demo.artifacts),
+               "--output", str(output), "--epochs", str(epochs)]
+    env = child_environment(plan, job, dict(os.environ))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"ddp_cpu: the {processes}-process launch failed (exit {done.returncode}):\n"
+                         f"{done.stderr[-3000:]}")
+    return statistics.median(json.loads(lines[-1][len(RESULT):]))
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    p = parser(__doc__)
+    p.add_argument("--epochs", type=int, default=3, help="timed one-epoch runs per launch (after one warm-up)")
+    p.add_argument("--worker", action="store_true", help=argparse_hidden())
+    p.add_argument("--config", type=Path, help=argparse_hidden())
+    p.add_argument("--artifacts", type=Path, help=argparse_hidden())
+    p.add_argument("--output", type=Path, help=argparse_hidden())
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.config, args.artifacts, args.output, args.epochs)
+        return []
+
+    from demo_setup import demo_artifacts
+
+    samples, epochs, rounds = (300, 1, 1) if args.smoke else (2000, args.epochs, args.rounds or 3)
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
+        demo = demo_artifacts(Path(tmp), samples=samples)
+        log(f"ddp_cpu: demo job, {samples} records, global batch {GLOBAL_BATCH}, {rounds} rounds of 2 launches")
+        seconds = interleave({"ddp": lambda: launch(2, demo, Path(tmp), epochs),
+                              "single": lambda: launch(1, demo, Path(tmp), epochs)},
+                             rounds=rounds, progress=log)
+    ratio = paired(seconds["single"], seconds["ddp"])
+    winner = "2 processes x 1 thread" if ratio.median > 1 else "1 process x 2 threads"
+    row = Row(
+        measured=f"seconds per epoch: demo job, {samples} records (70% train, validation each epoch), "
+                 f"global batch {GLOBAL_BATCH}, {cpus()} cores; 2 gloo processes x 1 thread, "
+                 f"batchSizePerGPU {GLOBAL_BATCH // 2}",
+        value=f"ddp {describe(seconds['ddp'], 's', 2)}",
+        baseline=f"1 process x 2 threads, batchSizePerGPU {GLOBAL_BATCH}: {describe(seconds['single'], 's', 2)}",
+        ratio=ratio, ratio_of="single s / ddp s", command=COMMAND,
+        note=f"{winner} wins here. " + WHY)
+    emit([row], args)
+    return [row]
+
+
+WHY = ("Two single-threaded processes never wait for each other inside an operator: they meet once per step, "
+       "in the gloo all-reduce of ~2.4M gradients over loopback. One process with two threads splits every "
+       "operator (small convolutions and matmuls at 32 px) between its threads and meets at the end of each: "
+       "hundreds of barriers per step, and on a shared machine one preempted thread stalls the other at every "
+       "one of them. Each rank also reads, decodes and preprocesses only its half of the batches.")
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""``make bench``: run every benchmark, print one table and write it into docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/run_all.py                     # everything; rewrites docs/benchmarks.md
+    .venv/bin/python benchmarks/run_all.py --skip-cluster      # without the rows that need the Go control plane
+    .venv/bin/python benchmarks/run_all.py --only data_pipeline --out /tmp/bench.md
+    .venv/bin/python benchmarks/run_all.py --smoke --out /tmp/bench.md   # seconds per benchmark, numbers meaningless
+
+Each benchmark runs as its own process (``benchmarks/<name>.py --json``), one after another, so that no two
+compete for the cores and none inherits another's thread pools. They share one scratch folder
+(``$KUBEFUSION_BENCH_CACHE``) so that the demo data and its preprocessing artifact are made once. Progress goes
+to stderr; the table to stdout and, whole or not at all (temporary file, then rename), to ``--out``. A
+benchmark that fails still gets a row that says so, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness import CACHE_ENV, Report, Row, Skipped, cpus
+from table import render_rows, write_table
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
+TIMEOUT_SECONDS = 20 * 60
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    what: str
+    """The figure(s) it gives, for a row when it cannot run."""
+    needs: tuple[str, ...] = ()
+    """Executables it needs on PATH (``go`` for the control plane); without them its rows say so."""
+    cluster: bool = False
+    """Needs the Go-built control plane: ``--skip-cluster`` leaves it out."""
+
+    @property
+    def command(self) -> str:
+        return f".venv/bin/python benchmarks/{self.name}.py"
+
+
+BENCHMARKS = (
+    Benchmark("data_pipeline", "input pipeline records/s against the naive loader and the decode floor"),
+    Benchmark("train_loop", "training loop steps/s against a bare torch loop"),
+    Benchmark("ddp_cpu", "DDP on CPU: 2 processes x 1 thread against 1 process x 2 threads"),
+    Benchmark("preprocess_export", "ONNX against TensorFlow preprocessing; cold preprocess against a cache hit"),
+    Benchmark("train_prefetch", "training step with preprocessing prefetched against inline"),
+    Benchmark("train_precision", "step time per precision against fp32 on CPU"),
+    Benchmark("preprocess_fingerprint", "content key with the digest cache against without"),
+    Benchmark("data_synth_memory", "peak memory of data synth against sample count"),
+)
+
+
+def run_one(bench: Benchmark, *, smoke: bool, env: dict[str, str]) -> list[Row | Skipped]:
+    """The benchmark's rows; a row saying why when it could not run or failed."""
+    missing = [tool for tool in bench.needs if shutil.which(tool) is None]
+    if missing:
+        return [Skipped(bench.what, f"{', '.join(missing)} not found on PATH", bench.command)]
+    command = [sys.executable, str(HERE / f"{bench.name}.py"), "--json"] + (["--smoke"] if smoke else [])
+    tail: deque[str] = deque(maxlen=15)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    watchdog = threading.Timer(TIMEOUT_SECONDS, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            print(f"[{bench.name}] {line.rstrip()}", file=sys.stderr, flush=True)
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+    reader.join()
+    text = "".join(out).strip().splitlines()
+    if code != 0 or not text:
+        reason = next((line for line in reversed(tail) if line.strip()), f"exit status {code}")
+        return [Skipped(bench.what, f"FAILED (exit {code}): {reason}", bench.command)]
+    return Report.from_json(text[-1]).rows
+
+
+def machine_load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + (" with uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help=f"page to write the table into (default {DEFAULT_OUT} for a "
+                                                 "full run; none for --smoke or --only)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--skip-cluster", action="store_true",
+                        help="leave out the rows that need the Go-built control plane (the table says so)")
+    parser.add_argument("--only", nargs="+", choices=[b.name for b in BENCHMARKS], help="run only these")
+    args = parser.parse_args(argv)
+    out = args.out or (None if args.smoke or args.only else DEFAULT_OUT)
+
+    started, load_before = time.monotonic(), machine_load()
+    rows: list[Row | Skipped] = []
+    with tempfile.TemporaryDirectory(prefix="kubefusion-bench-") as scratch:
+        env = {**os.environ, CACHE_ENV: scratch, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        for bench in BENCHMARKS:
+            if args.only and bench.name not in args.only:
+                continue
+            if bench.cluster and args.skip_cluster:
+                rows.append(Skipped(bench.what, "left out with --skip-cluster (make bench SKIP_CLUSTER=1)",
+                                    bench.command))
+                continue
+            print(f"== {bench.name}", file=sys.stderr, flush=True)
+            rows += run_one(bench, smoke=args.smoke, env=env)
+    minutes = (time.monotonic() - started) / 60
+    facts = [
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC at commit {commit()}"
+        + (" (--smoke: tiny sizes, the numbers mean nothing)" if args.smoke else ""),
+        f"Machine: {cpus()} cores, {platform.machine()}, Python {platform.python_version()}; load average "
+        f"(1, 5, 15 min) {load_before} before and {machine_load()} after; {minutes:.1f} min in all",
+        "Ratios are medians of per-round ratios (candidate and baseline measured back to back in each round, "
+        "the order rotating), with their min-max over the rounds.",
+    ]
+    print(render_rows(rows))
+    for fact in facts:
+        print(f"- {fact}")
+    if out is not None:
+        write_table(out, rows, facts)
+        print(f"written to {out}", file=sys.stderr)
+    return 1 if any(isinstance(r, Skipped) and r.reason.startswith("FAILED") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The training loop as a real run drives it against a bare torch loop: same model, batches and precision.
+
+    .venv/bin/python benchmarks/train_loop.py [--rounds 5] [--steps 40] [--json] [--smoke]
+
+The demo job (its model, batch 64, fp32, ``checkpointEverySteps: 20``, ``logEverySteps: 10``) on its
+synthesised data, one process on all cores, as ``kubefusion train`` without torchrun runs it. The data
+batches (raw uint8 images, tokens, raw numbers) are read once by the tf.data pipeline and kept in memory, so
+both sides get the very same batches and neither pays for decoding (the pipeline has its own row). Per round:
+
+- **loop**: ``kubefusion.train.loop.train_stage`` for one epoch of ``--steps`` steps into a fresh output
+  folder: model set-up, the exported preprocessing applied through onnxruntime on the prefetch thread, per-step
+  reseeding, on-device loss/accuracy sums, the per-step log, Prometheus metrics, TensorBoard, a checkpoint every
+  20 steps and at the epoch end, ``model.pt``; no validation split (evaluation is not a training step);
+- **bare**: the same model built the same way, the same AdamW parameter groups, warm-up + cosine schedule,
+  precision and gradient clipping, stepping through the same batches already preprocessed: nothing else.
+
+Row: loop steps/s / bare steps/s (goal: at least 0.95).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import torch  # noqa: E402
+
+from demo_setup import demo_artifacts  # noqa: E402
+from harness import Goal, Row, cpus, describe, emit, interleave, log, paired, parser, timed  # noqa: E402
+from kubefusion import config as cfg  # noqa: E402
+
+COMMAND = ".venv/bin/python benchmarks/train_loop.py"
+
+
+class InMemoryData:
+    """The ``TrainingData`` interface over batches read once: every epoch yields the same ones."""
+
+    def __init__(self, batches: list[dict], classes: list[str], numeric_columns: list[str]):
+        self._batches, self.classes, self.numeric_columns = batches, classes, numeric_columns
+        self.splits = {"train": batches}
+
+    def batches_per_epoch(self, split: str = "train") -> int:
+        return len(self._batches)
+
+    def batches(self, split: str, *, epoch: int = 0, skip: int = 0, limit: int | None = None):
+        return iter(self._batches[skip:limit])
+
+
+def read_batches(demo, steps: int) -> tuple[list[dict], list[str], list[str]]:
+    from kubefusion.data import load_tokenizer, scan
+    from kubefusion.data.pipeline import encode_records, torch_batches
+
+    job = demo.job
+    scanned = scan(job.data, demo.data, verify_images=False)
+    encoded = encode_records(scanned.records, tokenizer=load_tokenizer(job.preprocessing.tokenizer),
+                             max_tokens=job.preprocessing.max_tokens)
+    batches = []
+    for batch in torch_batches(encoded, image_size=job.preprocessing.image_size,
+                               batch_size=job.training.batch_size_per_gpu, seed=0, epoch=0):
+        if len(batch["label"]) == job.training.batch_size_per_gpu:
+            batches.append({k: v.clone() for k, v in batch.items() if k != "index"})
+        if len(batches) == steps:
+            break
+    return batches, scanned.classes, scanned.numeric_columns
+
+
+def bare_loop(job: cfg.JobConfig, inputs: list[dict], classes: list[str], features: int) -> None:
+    """What a torch user writes for the same recipe: model, AdamW groups, schedule, autocast, clip, step."""
+    from kubefusion.model import build_model
+    from kubefusion.train.loop import masked_cross_entropy, precision_setup, step_seed
+    from kubefusion.train.optim import build_optimizer, build_scheduler, freeze_backbones
+
+    training = job.training
+    torch.manual_seed(step_seed(training.seed, 0, 0, 0))
+    model = build_model(job.model, num_classes=len(classes), num_numeric_features=features)
+    freeze_backbones(model, job.model)
+    optimizer = build_optimizer(model, job.model, training)
+    scheduler = build_scheduler(optimizer, len(inputs), training)
+    autocast, scaler = precision_setup(training.precision, torch.device("cpu"))
+    model.train()
+    for batch in inputs:
+        batch = dict(batch)
+        labels, valid = batch.pop("label"), batch.pop("valid")
+        with autocast():
+            logits = model(**batch)
+        scaler.scale(masked_cross_entropy(logits, labels, valid)).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+
+def real_loop(job: cfg.JobConfig, data: InMemoryData, preprocessor, metrics, output: Path) -> None:
+    """``train_stage`` with everything a ``kubefusion train`` process gives it."""
+    from kubefusion.train.distributed import Runtime
+    from kubefusion.train.loop import Session, Stage, train_stage
+    from kubefusion.train.recipe import make_prepare, tensorboard_writers
+
+    runtime = Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+    tensorboard, writers = tensorboard_writers(output)
+    session = Session(job=job, runtime=runtime, data=data, prepare=make_prepare(preprocessor, runtime.device),
+                      output=output, metrics=metrics, tensorboard=tensorboard,
+                      artifact_info={"content_key": preprocessor.content_key, "classes": data.classes,
+                                     "numeric_columns": data.numeric_columns})
+    try:
+        train_stage(session, Stage("fused", cfg.MODALITIES, 0))
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps per round (one epoch)")
+    args = p.parse_args(argv)
+    steps, rounds, samples = (4, 1, 400) if args.smoke else (args.steps, args.rounds or 5, 4000)
+
+    from kubefusion.preprocess.runtime import Preprocessor
+    from kubefusion.train.metrics import TrainerMetrics
+    from kubefusion.train.prefetch import available_cpus, preprocess_threads
+    from kubefusion.train.recipe import make_prepare
+
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        demo = demo_artifacts(Path(tmp), samples=samples)
+        job = demo.job
+        job.training.epochs, job.training.baselines = 1, False
+        if args.smoke:
+            job.training.checkpoint_every_steps, job.training.log_every_steps = 2, 2
+        batches, classes, columns = read_batches(demo, steps)
+        data = InMemoryData(batches, classes, columns)
+        # kubefusion train in one process: onnxruntime gets this machine's CPUs, torch its default threads.
+        preprocessor = Preprocessor.load(demo.artifacts, threads=preprocess_threads(available_cpus(), 1))
+        prepare = make_prepare(preprocessor, torch.device("cpu"))
+        inputs = [prepare(b) for b in batches]
+        metrics = TrainerMetrics(namespace="bench", job_name="bench", rank=0, port=None)
+        outputs = iter(range(10**6))
+        log(f"train_loop: demo model, {len(batches)} steps of {job.training.batch_size_per_gpu}, "
+            f"{torch.get_num_threads()} torch threads, {rounds} rounds")
+        seconds = interleave({
+            "loop": lambda: timed(lambda: real_loop(job, data, preprocessor, metrics,
+                                                    Path(tmp) / f"run-{next(outputs)}")),
+            "bare": lambda: timed(lambda: bare_loop(job, inputs, classes, len(columns))),
+        }, rounds=rounds, warmup=1, progress=log)
+    steps_per_s = {name: [len(batches) / s for s in values] for name, values in seconds.items()}
+    every = job.training.checkpoint_every_steps
+    row = Row(
+        measured=f"training loop steps/s: demo model, batch {job.training.batch_size_per_gpu}, "
+                 f"{job.training.precision}, {len(batches)} steps (one epoch), 1 process, {cpus()} cores",
+        value=f"loop {describe(steps_per_s['loop'], 'steps/s', 1)}",
+        baseline=f"bare torch loop, same model, AdamW groups, schedule, clipping and batches (preprocessed "
+                 f"beforehand): {describe(steps_per_s['bare'], 'steps/s', 1)}",
+        ratio=paired(steps_per_s["loop"], steps_per_s["bare"]), ratio_of="loop / bare", goal=Goal(">=", 0.95),
+        command=COMMAND,
+        note=f"The loop also preprocesses every batch (onnxruntime, prefetch thread), writes a checkpoint every "
+             f"{every} steps and at the epoch end plus model.pt, and logs every step (steps log, Prometheus, "
+             f"TensorBoard).",
+        if_missed="see docs/benchmarks.md for where the time goes.")
+    emit([row], args)
+    return [row]
+
+
+if __name__ == "__main__":
+    main()
