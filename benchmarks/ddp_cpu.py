@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
     from demo_setup import demo_artifacts
 
-    samples, epochs, rounds = (300, 1, 1) if args.smoke else (2000, args.epochs, args.rounds or 3)
+    samples, epochs, rounds = (400, 1, 1) if args.smoke else (2000, args.epochs, args.rounds or 3)
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         demo = demo_artifacts(Path(tmp), samples=samples)
         log(f"ddp_cpu: demo job, {samples} records, global batch {GLOBAL_BATCH}, {rounds} rounds of 2 launches")

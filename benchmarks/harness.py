@@ -196,9 +196,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+_STARTED = time.monotonic()
+
+
 def log(message: str) -> None:
-    """Progress on stderr: stdout carries the rows (``--json``) or the table."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress on stderr, with the seconds since the benchmark started: stdout carries the rows (``--json``)
+    or the table."""
+    print(f"[{time.monotonic() - _STARTED:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def emit(rows: Sequence[Row | Skipped], args: argparse.Namespace) -> None:

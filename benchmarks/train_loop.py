@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/train_loop.py [--rounds 5] [--steps 40] [--json] [--smoke]
 
 The demo job (its model, batch 64, fp32, ``checkpointEverySteps: 20``, ``logEverySteps: 10``) on its
-synthesised data, one process on all cores, as ``kubefusion train`` without torchrun runs it. The data
+synthesised data, in one process set up as each of the demo run's two ranks is (``kubefusion run --local`` on
+2 cores: 1 torch thread, 1 onnxruntime thread). The data
 batches (raw uint8 images, tokens, raw numbers) are read once by the tf.data pipeline and kept in memory, so
 both sides get the very same batches and neither pays for decoding (the pipeline has its own row). Per round:
 
@@ -133,8 +134,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
             job.training.checkpoint_every_steps, job.training.log_every_steps = 2, 2
         batches, classes, columns = read_batches(demo, steps)
         data = InMemoryData(batches, classes, columns)
-        # kubefusion train in one process: onnxruntime gets this machine's CPUs, torch its default threads.
-        preprocessor = Preprocessor.load(demo.artifacts, threads=preprocess_threads(available_cpus(), 1))
+        # As one of the demo run's two ranks on this machine (local.child_environment, recipe.run_recipe).
+        torch.set_num_threads(max(1, cpus() // 2))
+        preprocessor = Preprocessor.load(demo.artifacts, threads=preprocess_threads(available_cpus(), 2))
         prepare = make_prepare(preprocessor, torch.device("cpu"))
         inputs = [prepare(b) for b in batches]
         metrics = TrainerMetrics(namespace="bench", job_name="bench", rank=0, port=None)
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     every = job.training.checkpoint_every_steps
     row = Row(
         measured=f"training loop steps/s: demo model, batch {job.training.batch_size_per_gpu}, "
-                 f"{job.training.precision}, {len(batches)} steps (one epoch), 1 process, {cpus()} cores",
+                 f"{job.training.precision}, {len(batches)} steps (one epoch), one rank of the demo run "
+                 f"({torch.get_num_threads()} torch thread(s)), {cpus()} cores",
         value=f"loop {describe(steps_per_s['loop'], 'steps/s', 1)}",
         baseline=f"bare torch loop, same model, AdamW groups, schedule, clipping and batches (preprocessed "
                  f"beforehand): {describe(steps_per_s['bare'], 'steps/s', 1)}",

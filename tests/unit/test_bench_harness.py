@@ -1,0 +1,180 @@
+"""The benchmark harness and table: interleaved rounds, paired ratios, goals, the table page written whole."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import run_all  # noqa: E402
+import table  # noqa: E402
+from harness import Goal, Report, Row, Skipped, Spread, interleave, paired  # noqa: E402
+
+
+def row(ratio: float = 0.9, goal: Goal | None = Goal(">=", 0.8), **kw) -> Row:
+    fields = dict(measured="pipeline records/s", baseline="floor: 100 records/s", ratio=Spread(ratio, 0.7, 1.1, 5),
+                  ratio_of="pipeline / floor", command=".venv/bin/python benchmarks/x.py", goal=goal,
+                  note="always said", if_missed="the cause")
+    fields.update(kw)
+    return Row(**fields)
+
+
+def test_rounds_rotate_the_order_and_drop_the_warm_up():
+    calls = []
+    counter = iter(range(100))
+
+    def trial(name):
+        return lambda: calls.append(name) or float(next(counter))
+
+    kept = interleave({"a": trial("a"), "b": trial("b"), "c": trial("c")}, rounds=3, warmup=1)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    # values 0-2 were the warm-up; each trial keeps its own measurement of each later round
+    assert kept == {"a": [5.0, 7.0, 9.0], "b": [3.0, 8.0, 10.0], "c": [4.0, 6.0, 11.0]}
+
+
+def test_ratios_are_paired_per_round_not_a_ratio_of_medians():
+    # the machine slowed down 4x between rounds: both sides move together, the per-round ratio does not
+    spread = paired([10.0, 40.0, 20.0], [5.0, 20.0, 10.0])
+    assert (spread.median, spread.low, spread.high, spread.n) == (2.0, 2.0, 2.0, 3)
+    assert spread.format() == "2.00x (2.00-2.00, 3 rounds)"
+    assert Spread.of([1.5]).format() == "1.50x (1 round)"
+    with pytest.raises(ValueError, match="unpaired"):
+        paired([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="rounds"):
+        interleave({"a": lambda: 1.0}, rounds=0)
+
+
+def test_goals_in_both_directions():
+    assert Goal(">=", 0.8).met(0.8) and not Goal(">=", 0.8).met(0.79)
+    assert Goal("<=", 1.1).met(1.0) and not Goal("<=", 1.1).met(1.2)
+    assert Goal(">=", 0.95).format() == "≥ 0.95"
+    with pytest.raises(ValueError, match="goal operator"):
+        Goal(">", 1.0)
+
+
+def test_rows_survive_the_json_the_driver_reads():
+    rows = [row(details={"growth_mb": 3.5}), Skipped("operator p99", "go not found on PATH", "make bench")]
+    back = Report.from_json(Report(rows).to_json()).rows
+    assert back == rows
+
+
+def test_table_says_which_goals_are_missed_and_why():
+    text = table.render_rows([row(0.9), row(0.5, measured="slow | thing"), row(2.0, goal=None),
+                              Skipped("operator p99", "go not found on PATH", "cmd")])
+    lines = text.splitlines()
+    assert lines[0].startswith("| what is measured | same-run baseline | ratio")
+    met, missed, reported, skipped = lines[2:]
+    assert "≥ 0.8: met" in met and "the cause" not in met and "always said" in met
+    assert "≥ 0.8: **missed**" in missed and "Missed: the cause" in missed
+    assert "slow \\| thing" in missed  # a pipe in a cell must not split the row
+    assert "none (reported)" in reported and "2.00x (0.70-1.10, 5 rounds) = pipeline / floor" in reported
+    assert "not measured" in skipped and "Skipped: go not found on PATH" in skipped
+    assert all(line.count(" | ") == len(table.COLUMNS) - 1 for line in (met, reported, skipped))
+
+
+PAGE = f"# Benchmarks\n\nProse kept by hand.\n\n{table.BEGIN}\nold table\n{table.END}\n\n## GPU check\nmore prose\n"
+
+
+def test_the_table_replaces_only_what_is_between_the_markers(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    page.write_text(PAGE)
+    page.chmod(0o644)
+    table.write_table(page, [row()], ["load 1.0"])
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nProse kept by hand.\n\n" + table.BEGIN)
+    assert text.endswith(table.END + "\n\n## GPU check\nmore prose\n")
+    assert "old table" not in text and "- load 1.0" in text and "pipeline / floor" in text
+    assert page.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["benchmarks.md"]
+
+    new = tmp_path / "new" / "page.md"
+    table.write_table(new, [row()], [])
+    assert new.read_text().startswith("# Benchmarks") and table.BEGIN in new.read_text()
+
+
+def test_a_page_without_its_markers_is_refused_and_left_alone(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# hand-written, no markers\n")
+    with pytest.raises(table.TableError, match="benchmarks.md: needs exactly one"):
+        table.write_table(page, [row()], [])
+    assert page.read_text() == "# hand-written, no markers\n"
+
+
+def test_an_interrupted_write_leaves_the_old_page_whole(tmp_path, monkeypatch):
+    page = tmp_path / "benchmarks.md"
+    page.write_text(PAGE)
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        table.write_table(page, [row()], [])
+    assert page.read_text() == PAGE
+    assert [p.name for p in tmp_path.iterdir()] == ["benchmarks.md"]  # no temporary file left behind
+
+
+FAKE = """import json, sys
+sys.path.insert(0, {benchmarks!r})
+from harness import Report, Row, Spread
+print("progress on stderr", file=sys.stderr)
+if {fail!r}:
+    print("RuntimeError: the benchmark broke", file=sys.stderr)
+    sys.exit(3)
+measured = {name!r} + (" smoke" if "--smoke" in sys.argv else "")
+print(Report([Row(measured=measured, baseline="b", ratio=Spread(1.5, 1.4, 1.6, 3), ratio_of="x / y",
+                  command="c")]).to_json())
+"""
+
+
+@pytest.fixture
+def fake_benchmarks(tmp_path, monkeypatch):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name, fail in (("good", False), ("broken", True)):
+        (scripts / f"{name}.py").write_text(FAKE.format(benchmarks=str(BENCHMARKS), fail=fail, name=name))
+    monkeypatch.setattr(run_all, "HERE", scripts)
+    monkeypatch.setattr(run_all, "BENCHMARKS", (
+        run_all.Benchmark("good", "a good figure"),
+        run_all.Benchmark("broken", "a broken figure"),
+        run_all.Benchmark("needs_tool", "a figure that needs a tool", needs=("no-such-tool-kubefusion",)),
+        run_all.Benchmark("cluster_one", "a control-plane figure", cluster=True)))
+    return tmp_path
+
+
+def test_make_bench_writes_every_row_and_says_what_failed(fake_benchmarks, capsys):
+    out = fake_benchmarks / "page.md"
+    assert run_all.main(["--out", str(out), "--skip-cluster", "--smoke"]) == 1  # one benchmark failed
+    text = out.read_text()
+    assert "good smoke" in text and "1.50x (1.40-1.60, 3 rounds) = x / y" in text
+    assert "FAILED (exit 3): RuntimeError: the benchmark broke" in text
+    assert "Skipped: no-such-tool-kubefusion not found on PATH" in text
+    assert "Skipped: left out with --skip-cluster" in text
+    assert "load average (1, 5, 15 min)" in text and "(--smoke: tiny sizes, the numbers mean nothing)" in text
+    printed = capsys.readouterr()
+    assert "good smoke" in printed.out and "[good] progress on stderr" in printed.err
+
+
+def test_only_without_out_writes_nothing(fake_benchmarks, monkeypatch):
+    monkeypatch.setattr(run_all, "DEFAULT_OUT", fake_benchmarks / "default.md")
+    assert run_all.main(["--only", "good"]) == 0
+    assert not (fake_benchmarks / "default.md").exists()
+
+
+def test_every_benchmark_module_is_in_make_bench():
+    listed = {b.name for b in run_all.BENCHMARKS} | {"gpu_check"}  # the GPU check runs on a GPU machine only
+    helpers = {"harness", "table", "run_all", "demo_setup"}
+    modules = {p.stem for p in BENCHMARKS.glob("*.py")} - helpers
+    assert modules == listed
+
+
+def test_the_committed_page_has_its_markers_and_a_table():
+    page = (BENCHMARKS.parent / "docs" / "benchmarks.md").read_text()
+    assert page.count(table.BEGIN) == 1 and page.count(table.END) == 1
+    generated = page.split(table.BEGIN)[1].split(table.END)[0]
+    assert "| what is measured |" in generated and "load average" in generated
