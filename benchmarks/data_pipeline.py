@@ -1,6 +1,6 @@
 """Input pipeline records/s against a naive PIL loader and against the decode floor, interleaved in one run.
 
-    .venv/bin/python benchmarks/data_pipeline.py [--rounds 7] [--json] [--smoke]
+    .venv/bin/python benchmarks/data_pipeline.py [--rounds N] [--json] [--smoke]
 
 Two kinds of images, each a synthesised demo dataset in a temporary folder:
 
@@ -168,8 +168,8 @@ def rows_for(kind: str, what: str, rates: dict[str, list[float]], records: int) 
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parser(__doc__).parse_args(argv)
     settings = [  # kind, file size, image size, format, records, rounds, naive loader
-        ("small", 64, 32, "png", 2000, 7, True),
-        ("photo", 256, 224, "jpeg", 400, 5, False),
+        ("small", 64, 32, "png", 1500, 6, True),
+        ("photo", 256, 224, "jpeg", 320, 4, False),
     ]
     if args.smoke:
         settings = [(k, f // 4, s // 4, fmt, 2 * BATCH, 1, naive) for k, f, s, fmt, _, _, naive in settings]

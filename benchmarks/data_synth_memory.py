@@ -1,6 +1,6 @@
 """Peak memory of ``kubefusion data synth`` against the sample count: does streaming keep it flat?
 
-    .venv/bin/python benchmarks/data_synth_memory.py [--samples 12000 24000] [--image-size 32]
+    .venv/bin/python benchmarks/data_synth_memory.py [--samples 11000 22000] [--image-size 32]
         [--ood-fraction 0.2] [--rounds 2] [--json]
 
 Each count runs in its own fresh process (``synthesize`` into a temporary folder) that reports its peak
@@ -51,7 +51,7 @@ def measure(samples: int, image_size: int, ood_fraction: float) -> dict:
 
 def main(argv: list[str] | None = None) -> list[Row]:
     p = parser(__doc__)
-    p.add_argument("--samples", type=int, nargs="+", default=[12000, 24000],
+    p.add_argument("--samples", type=int, nargs="+", default=[11000, 22000],
                    help="sample counts; the smallest is the baseline")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--ood-fraction", type=float, default=0.2)

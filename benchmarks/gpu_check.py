@@ -17,8 +17,8 @@
    probes the trainer's batch preparation: host tensors in pinned memory, copies issued non-blocking.
 
 ``--dry-run`` runs all of it on CPU at tiny sizes (the preset with the tiny built-in backbones, 2 rounds of
-1 step at batch 2 and 64 px / 16 tokens; the demo job on 200 records for 2 steps in 1 process) so ``tests/integration/test_benchmarks.py`` keeps it from rotting; the
-goal is not judged there. Exit status 0 when everything ran (and, on a GPU, the goal was met and the demo used
+1 step at batch 2 and 64 px / 16 tokens; the demo job on 200 records for 2 steps in 1 process) so that
+``tests/integration/test_benchmarks.py`` keeps it from rotting; the goal is not judged there. Exit status 0 when everything ran (and, on a GPU, the goal was met and the demo used
 NCCL on cuda with pinned memory), 1 otherwise; the JSON always comes out.
 """
 
@@ -174,7 +174,8 @@ def verdict(report: dict[str, Any], device: torch.device) -> bool:
         return ran
     probe = demo["batch_preparation"]
     return (ran and demo["backend"] == "nccl" and str(demo["device"]).startswith("cuda")
-            and probe["pinned_host_tensors"] and probe["non_blocking_copies"] and bool(report["amp"]["amp_goal"]["met"]))
+            and probe["pinned_host_tensors"] and probe["non_blocking_copies"]
+            and bool(report["amp"]["amp_goal"]["met"]))
 
 
 def main(argv: list[str] | None = None) -> int:

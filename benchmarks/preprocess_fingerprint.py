@@ -12,7 +12,8 @@ temporary folder and dates them an hour back (a dataset written earlier; files y
 - ``cold``: an empty cache, every file read and the cache file written (the first pod on a new dataset);
 - ``warm``: the cache from the run before, no file read (every later pod, restart and expected_content_key).
 
-The baseline is ``no cache`` in the same run; rows: no cache / warm and cold / no cache, per-round ratios. The files were just written, so they sit in the page cache: ``no cache`` and ``cold`` are measured at
+The baseline is ``no cache`` in the same run; rows: no cache / warm and cold / no cache, per-round ratios.
+The files were just written, so they sit in the page cache: ``no cache`` and ``cold`` are measured at
 their best (memory speed). ``--evict`` drops this dataset's files (only these: ``posix_fadvise(DONTNEED)`` per
 file, after an fsync) from the page cache before every run, so their contents come from the disk as in a pod
 that mounts a dataset it has not read yet; the warm run touches only metadata (one stat per file) and the

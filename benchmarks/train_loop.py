@@ -1,6 +1,6 @@
 """The training loop as a real run drives it against a bare torch loop: same model, batches and precision.
 
-    .venv/bin/python benchmarks/train_loop.py [--rounds 5] [--steps 40] [--json] [--smoke]
+    .venv/bin/python benchmarks/train_loop.py [--rounds 4] [--steps 30] [--json] [--smoke]
 
 The demo job (its model, batch 64, fp32, ``checkpointEverySteps: 20``, ``logEverySteps: 10``) on its
 synthesised data, in one process set up as each of the demo run's two ranks is (``kubefusion run --local`` on
@@ -10,8 +10,9 @@ both sides get the very same batches and neither pays for decoding (the pipeline
 
 - **loop**: ``kubefusion.train.loop.train_stage`` for one epoch of ``--steps`` steps into a fresh output
   folder: model set-up, the exported preprocessing applied through onnxruntime on the prefetch thread, per-step
-  reseeding, on-device loss/accuracy sums, the per-step log, Prometheus metrics, TensorBoard, a checkpoint every
-  20 steps and at the epoch end, ``model.pt``; no validation split (evaluation is not a training step);
+  reseeding, on-device loss/accuracy sums, the per-step log, Prometheus metrics, TensorBoard, live progress
+  (``status.json``), a checkpoint every 20 steps and at the epoch end, ``model.pt``; no validation split
+  (evaluation is not a training step);
 - **bare**: the same model built the same way, the same AdamW parameter groups, warm-up + cosine schedule,
   precision and gradient clipping, stepping through the same batches already preprocessed: nothing else.
 
@@ -99,13 +100,15 @@ def bare_loop(job: cfg.JobConfig, inputs: list[dict], classes: list[str], featur
 def real_loop(job: cfg.JobConfig, data: InMemoryData, preprocessor, metrics, output: Path) -> None:
     """``train_stage`` with everything a ``kubefusion train`` process gives it."""
     from kubefusion.train.distributed import Runtime
-    from kubefusion.train.loop import Session, Stage, train_stage
+    from kubefusion.train.loop import Session, Stage, stage_steps, train_stage
+    from kubefusion.train.progress import start_progress
     from kubefusion.train.recipe import make_prepare, tensorboard_writers
 
     runtime = Runtime(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
     tensorboard, writers = tensorboard_writers(output)
+    progress = start_progress(["fused"], stage_steps(data, job.training)[2], job.training.epochs, output)
     session = Session(job=job, runtime=runtime, data=data, prepare=make_prepare(preprocessor, runtime.device),
-                      output=output, metrics=metrics, tensorboard=tensorboard,
+                      output=output, metrics=metrics, tensorboard=tensorboard, progress=progress,
                       artifact_info={"content_key": preprocessor.content_key, "classes": data.classes,
                                      "numeric_columns": data.numeric_columns})
     try:
@@ -113,13 +116,14 @@ def real_loop(job: cfg.JobConfig, data: InMemoryData, preprocessor, metrics, out
     finally:
         for writer in writers.values():
             writer.close()
+        progress.close()
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
     p = parser(__doc__)
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per round (one epoch)")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per round (one epoch)")
     args = p.parse_args(argv)
-    steps, rounds, samples = (4, 1, 400) if args.smoke else (args.steps, args.rounds or 5, 4000)
+    steps, rounds, samples = (4, 1, 400) if args.smoke else (args.steps, args.rounds or 4, 4000)
 
     from kubefusion.preprocess.runtime import Preprocessor
     from kubefusion.train.metrics import TrainerMetrics
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         command=COMMAND,
         note=f"The loop also preprocesses every batch (onnxruntime, prefetch thread), writes a checkpoint every "
              f"{every} steps and at the epoch end plus model.pt, and logs every step (steps log, Prometheus, "
-             f"TensorBoard).",
+             f"TensorBoard, status.json).",
         if_missed="see docs/benchmarks.md for where the time goes.")
     emit([row], args)
     return [row]

@@ -1,6 +1,7 @@
 """Training pieces a user relies on: checkpoints that survive crashes, exact metrics, schedules, precision."""
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -33,6 +34,36 @@ def test_checkpoints_keep_the_newest_and_leave_no_temporary_files(tmp_path):
     assert ckpt.remove_partial_writes(tmp_path) == [killed_writer] and not killed_writer.exists()
     state, path = ckpt.load_latest_checkpoint(tmp_path)
     assert state["step"] == 20 and path.name == "step-000000020.pt"
+
+
+def test_a_background_write_saves_the_state_as_it_was_when_submitted(tmp_path, monkeypatch):
+    release, save = threading.Event(), ckpt.save_checkpoint
+
+    def slow_disk(directory, state, *, keep):
+        assert release.wait(10)
+        return save(directory, state, keep=keep)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", slow_disk)
+    writer = ckpt.BackgroundWriter()
+    state = payload(7)
+    assert writer.submit(tmp_path, state, keep=3) is None
+    state["model"]["w"].add_(100.0)  # training goes on while the checkpoint is being written
+    assert writer.poll() is None and not ckpt.list_checkpoints(tmp_path)
+    release.set()
+    assert writer.close() == 7 and writer.poll() is None  # reported once
+    saved, _ = ckpt.load_latest_checkpoint(tmp_path)
+    assert saved["model"]["w"].tolist() == [7.0, 7.0]
+
+
+def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
+    def full_disk(directory, state, *, keep):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full_disk)
+    writer = ckpt.BackgroundWriter()
+    writer.submit(tmp_path, payload(1), keep=3)
+    with pytest.raises(OSError, match="No space left"):
+        writer.submit(tmp_path, payload(2), keep=3)
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):

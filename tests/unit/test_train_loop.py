@@ -74,8 +74,8 @@ def tiny_job(precision, epochs=1, grad_accumulation=2):
     return job
 
 
-def run_stage(output, precision, *, epochs=1, grad_accumulation=2, world_size=1, data=None):
-    session = loop.Session(job=tiny_job(precision, epochs, grad_accumulation),
+def run_stage(output, precision, *, epochs=1, grad_accumulation=2, world_size=1, data=None, progress=None):
+    session = loop.Session(progress=progress, job=tiny_job(precision, epochs, grad_accumulation),
                            runtime=Runtime(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"),
                                            backend=None),
                            data=data or TinyData(), prepare=BatchPreparer(to_pixels, torch.device("cpu")),
@@ -283,3 +283,31 @@ def test_a_killed_run_keeps_its_tensorboard_curve_up_to_the_checkpoint_it_resume
         writer.close()
     assert logged_steps() == [1, 2, 3, 4, 5, 6]
     assert sorted(step_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+class RecordingProgress:
+    def __init__(self):
+        self.checkpoints = []
+        self.tracker = type("Tracker", (), {"report": lambda self: {"summary": {}}})()
+
+    def checkpoint(self, stage, step):
+        self.checkpoints.append((stage, step))
+
+    def __getattr__(self, name):  # the other events are not what this test is about
+        return lambda *args, **kwargs: None
+
+
+def test_checkpoints_are_written_beside_the_steps_and_each_is_reported(tmp_path, monkeypatch):
+    writers, save = [], ckpt.save_checkpoint
+
+    def recording_save(directory, state, *, keep):
+        writers.append(threading.current_thread().name)
+        return save(directory, state, keep=keep)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", recording_save)
+    progress = RecordingProgress()
+    run_stage(tmp_path, "fp32", epochs=2, progress=progress)  # 2 steps per epoch, a checkpoint every step
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints" / "fused")] == [
+        "step-000000004.pt", "step-000000003.pt", "step-000000002.pt"]  # on disk when train_stage returns
+    assert progress.checkpoints == [("fused", 1), ("fused", 2), ("fused", 3), ("fused", 4)]
+    assert len(writers) == 4 and all(name.startswith("kubefusion-checkpoint") for name in writers)

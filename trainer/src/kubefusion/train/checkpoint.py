@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from kubefusion.errors import ArtifactError
 from kubefusion.train.atomic import atomic_write
@@ -57,6 +59,62 @@ def save_checkpoint(directory: Path, payload: dict[str, Any], *, keep: int) -> P
     for old in list_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
     return path
+
+
+def detached_copy(payload: Any) -> Any:
+    """``payload`` with every tensor copied to host memory: what was true at this step, however the live
+    model and optimizer change after it."""
+    return tree_map(lambda v: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v, payload)
+
+
+class BackgroundWriter:
+    """Writes one rank's checkpoints on a thread of its own, one at a time, so that the training step does not
+    wait for serialisation and the disk (about 0.2-0.7 s for the demo model's 29 MB on the development
+    machine; seconds for a ResNet-50 + BERT-base checkpoint). The state is copied to host memory first, on the
+    caller's thread; a write that fails re-raises on the training thread at the next :meth:`poll`,
+    :meth:`submit` or :meth:`wait`. A process killed mid-write leaves a temporary file that
+    :func:`remove_partial_writes` clears, as before: the previous checkpoint stays the newest valid one."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubefusion-checkpoint")
+        self._pending: Future | None = None
+        self._step: int | None = None
+
+    def submit(self, directory: Path, payload: dict[str, Any], *, keep: int) -> int | None:
+        """Start writing ``payload`` (as :func:`save_checkpoint`); returns the step of the write this one waited
+        for, if any."""
+        finished = self.wait()
+        self._step = int(payload["step"])
+        self._pending = self._pool.submit(save_checkpoint, directory, detached_copy(payload), keep=keep)
+        return finished
+
+    def poll(self) -> int | None:
+        """The step of the checkpoint that has just finished writing, once; None while none has."""
+        if self._pending is None or not self._pending.done():
+            return None
+        return self.wait()
+
+    def wait(self) -> int | None:
+        """Block until the pending write is on disk; returns its step (None when nothing was pending)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        pending.result()
+        return self._step
+
+    def close(self) -> int | None:
+        try:
+            return self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def drain(self) -> None:
+        """On the way out of a stage that failed: let the pending write finish, raising nothing (the stage's
+        own error is the one to report; a write that failed too is logged)."""
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 (any write error: the training error is already on its way)
+            log.warning("warning: the checkpoint being written when training stopped was not written (%s)", exc)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

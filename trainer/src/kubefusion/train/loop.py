@@ -204,12 +204,14 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
                 "precision": training.precision, **layout,
                 "samples_in_epoch": next_batch * training.batch_size_per_gpu * rt.world_size}
 
+    # Rank 0 writes checkpoints on a background thread: the steps go on while one is serialised and synced.
+    writer = ckpt.BackgroundWriter() if rt.is_main else None
+
     def save(next_epoch: int, next_batch: int) -> None:
         report.flush(to_disk=True)  # every step logged so far is on disk before the checkpoint that resumes after it
-        if rt.is_main:
-            path = ckpt.save_checkpoint(checkpoints, snapshot(next_epoch, next_batch), keep=training.keep_checkpoints)
-            log.debug("checkpoint %s", path)
-            report.checkpointed(step)
+        if writer is not None:
+            report.checkpointed(writer.submit(checkpoints, snapshot(next_epoch, next_batch),
+                                              keep=training.keep_checkpoints))
         barrier()
 
     def optimizer_step(stream, micro_batches: int) -> StepResult:
@@ -248,33 +250,42 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     model.train()
-    while epoch < training.epochs:
-        if (epoch < training.frozen_backbone_epochs) != wrapped_frozen:
-            ddp, wrapped_frozen = wrap_for_epoch(epoch), not wrapped_frozen
-        stream = session.prepare.stream(data.batches("train", epoch=epoch, skip=batch_in_epoch,
-                                                    limit=batches_per_epoch))
-        while batch_in_epoch < batches_per_epoch:
-            started = time.perf_counter()
-            torch.manual_seed(step_seed(training.seed, stage.index, rt.rank, step))
-            micro_batches = min(training.grad_accumulation, batches_per_epoch - batch_in_epoch)
-            result = optimizer_step(stream, micro_batches)
-            step, batch_in_epoch = step + 1, batch_in_epoch + micro_batches
-            lr = max(group["lr"] for group in optimizer.param_groups)
-            report.step(result, step=step, epoch=epoch, lr=lr, seconds=time.perf_counter() - started,
-                        window_ends=step % training.log_every_steps == 0 or batch_in_epoch >= batches_per_epoch)
-            if step % training.checkpoint_every_steps == 0 and batch_in_epoch < batches_per_epoch:
-                sync_buffers(model)
-                save(epoch, batch_in_epoch)
-        stream.close()
+    try:
+        while epoch < training.epochs:
+            if (epoch < training.frozen_backbone_epochs) != wrapped_frozen:
+                ddp, wrapped_frozen = wrap_for_epoch(epoch), not wrapped_frozen
+            stream = session.prepare.stream(data.batches("train", epoch=epoch, skip=batch_in_epoch,
+                                                        limit=batches_per_epoch))
+            while batch_in_epoch < batches_per_epoch:
+                started = time.perf_counter()
+                torch.manual_seed(step_seed(training.seed, stage.index, rt.rank, step))
+                micro_batches = min(training.grad_accumulation, batches_per_epoch - batch_in_epoch)
+                result = optimizer_step(stream, micro_batches)
+                step, batch_in_epoch = step + 1, batch_in_epoch + micro_batches
+                lr = max(group["lr"] for group in optimizer.param_groups)
+                report.step(result, step=step, epoch=epoch, lr=lr, seconds=time.perf_counter() - started,
+                            window_ends=step % training.log_every_steps == 0 or batch_in_epoch >= batches_per_epoch)
+                if writer is not None:
+                    report.checkpointed(writer.poll())
+                if step % training.checkpoint_every_steps == 0 and batch_in_epoch < batches_per_epoch:
+                    sync_buffers(model)
+                    save(epoch, batch_in_epoch)
+            stream.close()
 
-        # ---- end of epoch: checkpoint, validation ---------------------------------------------------------
-        epoch, batch_in_epoch = epoch + 1, 0
-        sync_buffers(model)
-        save(epoch, 0)
-        if "validation" in data.splits:
-            scores = evaluate(model, data.batches("validation"), session.prepare, num_classes=len(data.classes),
-                              autocast=autocast)
-            report.validation(scores, step=step, epoch=epoch)
+            # ---- end of epoch: checkpoint, validation -----------------------------------------------------
+            epoch, batch_in_epoch = epoch + 1, 0
+            sync_buffers(model)
+            save(epoch, 0)
+            if "validation" in data.splits:
+                scores = evaluate(model, data.batches("validation"), session.prepare, num_classes=len(data.classes),
+                                  autocast=autocast)
+                report.validation(scores, step=step, epoch=epoch)
+    except BaseException:
+        if writer is not None:
+            writer.drain()  # the checkpoint being written holds a valid state: let it reach the disk
+        raise
+    if writer is not None:
+        report.checkpointed(writer.close())  # the last checkpoint is on disk before model.pt and the return
     report.close()
 
     if rt.is_main:
@@ -384,8 +395,9 @@ class _Reporter:
                 self.postfix[label] = summary[key]
         self.progress.set_postfix(self.postfix, refresh=False)
 
-    def checkpointed(self, step: int) -> None:
-        if self.live is not None:
+    def checkpointed(self, step: int | None) -> None:
+        """The checkpoint of ``step`` is on disk (None: no checkpoint finished since the last call)."""
+        if step is not None and self.live is not None:
             self.live.checkpoint(self.name, step)
 
     def validation(self, scores: dict[str, Any], *, step: int, epoch: int) -> None:
