@@ -114,9 +114,8 @@ def backend_rows(artifacts: Path, manifest: dict, batches: int, rounds: int) -> 
 
 RESIZE_CAUSE = ("the graph spells the bilinear resize as four gathers and lerps on full-resolution float tensors "
                 "(so that both runtimes compute the same coordinates: kubefusion/preprocess/graph.py); "
-                "onnxruntime's Gather along an inner axis copies element by element, where TensorFlow copies "
-                "whole rows (onnxruntime's profiler, one thread, 64 x 64 px batch: gathers 4.3 ms and lerps 2.6 ms "
-                "of 10 ms). Gathering the uint8 rows before the cast would give the same floats; not done yet.")
+                "in onnxruntime's own profiler the gathers and lerps take most of the graph's time. Gathering the "
+                "uint8 rows before the cast would give the same floats on a quarter of the bytes; not done yet.")
 
 
 def main(argv: list[str] | None = None) -> list[Row]:

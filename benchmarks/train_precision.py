@@ -1,6 +1,6 @@
 """Optimizer-step time of the multimodal classifier per precision, as ratios against fp32 in the same run.
 
-    .venv/bin/python benchmarks/train_precision.py [--preset demo] [--batch 64] [--steps 3] [--rounds 3]
+    .venv/bin/python benchmarks/train_precision.py [--preset demo] [--batch 64] [--steps 2] [--rounds 3]
     .venv/bin/python benchmarks/train_precision.py --preset resnet50_bert_base --batch 16 --steps 3
 
 One model per precision (fp32, bf16, fp16 with a GradScaler) is built once; each round runs ``--steps``
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     p = parser(__doc__)
     p.add_argument("--preset", default="demo", choices=sorted(cfg.PRESETS))
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=3, help="steps per precision per round")
+    p.add_argument("--steps", type=int, default=2, help="steps per precision per round")
     args = p.parse_args(argv)
     job = cfg.PRESETS[args.preset]()
     job.model.vision.pretrained = job.model.text.pretrained = False

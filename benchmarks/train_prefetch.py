@@ -1,6 +1,6 @@
 """Training-step time with the exported preprocessing inline (the old path) vs prefetched, interleaved.
 
-    .venv/bin/python benchmarks/train_prefetch.py [--image-size 224] [--batch 32] [--steps 4] [--rounds 3]
+    .venv/bin/python benchmarks/train_prefetch.py [--image-size 224] [--batch 32] [--steps 3] [--rounds 3]
 
 Builds the demo job's preprocessing artifact at ``--image-size`` (demo data, ``kubefusion.preprocess``), then
 steps the demo model (forward, backward, AdamW; 1 torch thread, as each rank of a torchrun job) on batches of
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     p = parser(__doc__)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=4, help="steps per path per round")
+    p.add_argument("--steps", type=int, default=3, help="steps per path per round")
     args = p.parse_args(argv)
     size, batch, steps, rounds = (32, 4, 2, 1) if args.smoke else (args.image_size, args.batch, args.steps,
                                                                    args.rounds or 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kubefusion import config as cfg
-from kubefusion.local import OutputFilter, plan_processes, torchrun_command
+from kubefusion.local import OutputFilter, child_environment, plan_processes, torchrun_command
 
 
 @pytest.mark.parametrize("nodes, per_node, gpus, cpus, expected", [
@@ -38,6 +38,16 @@ def test_torchrun_command_is_standalone_on_the_given_port():
     text = " ".join(command)
     assert "--nproc-per-node 2" in text and "--rdzv-endpoint 127.0.0.1:29511" in text
     assert text.endswith("-m kubefusion train --config /j.yaml --artifacts /o/artifacts --output /o --data /o/data")
+
+
+def test_cpu_processes_get_their_threads_and_sleeping_openmp_waiters():
+    job = cfg.demo()
+    cpu = child_environment(plan_processes(job.resources, gpus=0, cpus=16), job, {"PATH": "/bin"})
+    assert cpu["OMP_NUM_THREADS"] == cpu["TF_NUM_INTRAOP_THREADS"] == "8" and cpu["OMP_WAIT_POLICY"] == "PASSIVE"
+    mine = child_environment(plan_processes(job.resources, gpus=0, cpus=16), job, {"OMP_WAIT_POLICY": "ACTIVE"})
+    assert mine["OMP_WAIT_POLICY"] == "ACTIVE"  # what the user set is kept
+    gpu = child_environment(plan_processes(job.resources, gpus=2, cpus=16), job, {})
+    assert "OMP_WAIT_POLICY" not in gpu
 
 
 def feed(lines):

@@ -110,6 +110,11 @@ def child_environment(plan: LocalPlan, job: JobConfig, base: dict[str, str]) -> 
         "KUBEFUSION_JOB_NAME": env.get("KUBEFUSION_JOB_NAME", job.name),
         "PYTHONUNBUFFERED": "1",
     })
+    if plan.device == "cpu":
+        # OpenMP's idle threads spin by default; on a machine shared with anything else the thread they wait
+        # for is often descheduled, and one process x 2 threads ran an epoch 8-10x slower than with sleeping
+        # waiters (benchmarks/ddp_cpu.py, docs/benchmarks.md). A value the user set is kept.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
