@@ -66,6 +66,23 @@ def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path, mo
         writer.submit(tmp_path, payload(2), keep=3)
 
 
+def test_a_failing_stage_lets_the_pending_write_finish_and_keeps_its_own_error(tmp_path, monkeypatch, caplog):
+    writer = ckpt.BackgroundWriter()
+    writer.submit(tmp_path, payload(3), keep=3)
+    writer.drain()  # what the loop does when a step raises
+    assert ckpt.load_latest_checkpoint(tmp_path)[0]["step"] == 3
+
+    def full_disk(directory, state, *, keep):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full_disk)
+    writer = ckpt.BackgroundWriter()
+    writer.submit(tmp_path, payload(4), keep=3)
+    with caplog.at_level(logging.WARNING):
+        writer.drain()  # does not replace the training error with the write's
+    assert "was not written" in caplog.text and "No space left" in caplog.text
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, caplog):
     for step in (10, 20):
         ckpt.save_checkpoint(tmp_path, payload(step), keep=3)
