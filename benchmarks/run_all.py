@@ -15,6 +15,7 @@ benchmark that fails still gets a row that says so, and the exit status is 1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -24,11 +25,13 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from harness import CACHE_ENV, Report, Row, Skipped, cpus
+from harness import CACHE_ENV, Goal, Report, Row, Skipped, Spread, cpus
 from table import render_rows, write_table
 
 HERE = Path(__file__).resolve().parent
@@ -46,11 +49,72 @@ class Benchmark:
     """Executables it needs on PATH (``go`` for the control plane); without them its rows say so."""
     cluster: bool = False
     """Needs the Go-built control plane: ``--skip-cluster`` leaves it out."""
+    args: tuple[str, ...] = ()
+    """Arguments of the ``make bench`` run (sizes that fit its time budget)."""
+    smoke_args: tuple[str, ...] = ("--smoke",)
+    figures: Callable[[Mapping[str, Any], str], list[Row]] | None = None
+    """For a script that is not on the harness: it writes its own figures to the file named after ``--json``,
+    and this turns them (and the command that made them) into rows."""
 
     @property
     def command(self) -> str:
-        return f".venv/bin/python benchmarks/{self.name}.py"
+        return " ".join([f".venv/bin/python benchmarks/{self.name}.py", *self.args])
 
+
+# ------------------------------------------------------------------------- the operator at scale (issue 9)
+
+OPERATOR_P99_GOAL_SECONDS = 1.0
+"""The control-plane issue's goals: p99 apply -> PyTorchJob under 1 s with 500 jobs applied at once, and the
+operator's resident memory under 150 MB with 1000 jobs."""
+OPERATOR_RSS_GOAL_MB = 150.0
+MIB = 1024 * 1024 / 1e6
+
+
+def operator_scale_rows(figures: Mapping[str, Any], command: str) -> list[Row]:
+    """Rows from ``benchmarks/operator_scale.py --json`` (the cluster engineer's script, kept as it is): one per
+    size (p99 seconds from apply to PyTorchJob, with the API server alone as the same-run baseline) and one for
+    the operator's memory (against its own idle memory)."""
+    threads = figures.get("client_threads", "?")
+    rows = []
+    for size, result in sorted(figures["sizes"].items(), key=lambda item: int(item[0])):
+        op, api = result["operator"], result["baseline"]
+        rows.append(Row(
+            measured=f"seconds from applying a MultimodalTrainJob to its PyTorchJob existing (p99 over {size} jobs "
+                     f"created at once by {threads} client threads in {result['apply_seconds']} s), real API "
+                     f"server, operator with default settings",
+            value=f"operator p50 {op['p50']:.2f} s, p99 {op['p99']:.2f} s, max {op['max']:.2f} s",
+            baseline=f"API server + watch alone: {size} PyTorchJobs created directly by the same threads, "
+                     f"create -> seen p50 {api['p50']:.3f} s, p99 {api['p99']:.3f} s",
+            ratio=Spread(op["p99"], op["p99"], op["p99"], 1), unit=" s",
+            ratio_of=f"operator p99 (that is {result['p99_ratio']}x the API alone's p99)",
+            goal=Goal("<=", OPERATOR_P99_GOAL_SECONDS), command=command,
+            note="One run: the p99 is over the jobs of that run, not over rounds.",
+            if_missed=OPERATOR_LATENCY_MISSED,
+            details={"size": int(size), **result}))
+    jobs = figures["rss_jobs"]
+    idle_mb, loaded_mb = figures["rss_idle_mib"] * MIB, figures["rss_mib"] * MIB
+    rows.append(Row(
+        measured=f"operator resident memory (VmRSS) with {jobs} MultimodalTrainJobs, each with its PyTorchJob and "
+                 f"status, after one more resync period",
+        value=f"{loaded_mb:.1f} MB ({(loaded_mb - idle_mb) * 1e6 / 1024 / jobs:.0f} KiB per job over idle)",
+        baseline=f"the same operator process just started, no job: {idle_mb:.1f} MB",
+        ratio=Spread(loaded_mb, loaded_mb, loaded_mb, 1), unit=" MB",
+        ratio_of=f"VmRSS with {jobs} jobs ({loaded_mb / idle_mb:.2f}x idle)",
+        goal=Goal("<=", OPERATOR_RSS_GOAL_MB), command=command,
+        note=f"PyTorchJobs the operator reports having created: {figures.get('pytorchjobs_created', 0):.0f}.",
+        if_missed=OPERATOR_MEMORY_MISSED,
+        details={"jobs": jobs, "rss_mb": round(loaded_mb, 1), "idle_mb": round(idle_mb, 1)}))
+    return rows
+
+
+OPERATOR_LATENCY_MISSED = "see docs/benchmarks.md, The operator at scale."
+OPERATOR_MEMORY_MISSED = "see docs/benchmarks.md, The operator at scale."
+
+
+OPERATOR_SCALE = Benchmark(
+    "operator_scale", "the operator at scale: p99 apply -> PyTorchJob and resident memory, real API server",
+    needs=("go",), cluster=True, args=("--sizes", "100", "500", "--memory-jobs", "1000"),
+    smoke_args=("--sizes", "5", "--memory-jobs", "10"), figures=operator_scale_rows)
 
 BENCHMARKS = (
     Benchmark("data_pipeline", "input pipeline records/s against the naive loader and the decode floor"),
@@ -61,6 +125,7 @@ BENCHMARKS = (
     Benchmark("train_precision", "step time per precision against fp32 on CPU"),
     Benchmark("preprocess_fingerprint", "content key with the digest cache against without"),
     Benchmark("data_synth_memory", "peak memory of data synth against sample count"),
+    OPERATOR_SCALE,
 )
 
 
@@ -69,7 +134,19 @@ def run_one(bench: Benchmark, *, smoke: bool, env: dict[str, str]) -> list[Row |
     missing = [tool for tool in bench.needs if shutil.which(tool) is None]
     if missing:
         return [Skipped(bench.what, f"{', '.join(missing)} not found on PATH", bench.command)]
-    command = [sys.executable, str(HERE / f"{bench.name}.py"), "--json"] + (["--smoke"] if smoke else [])
+    args = list(bench.smoke_args if smoke else bench.args)
+    if bench.figures is None:
+        return _run(bench, [*args, "--json"], env, lambda stdout: Report.from_json(stdout[-1]).rows)
+    with tempfile.TemporaryDirectory(prefix=f"{bench.name}-") as folder:
+        figures = Path(folder) / "figures.json"
+        shown = " ".join([f".venv/bin/python benchmarks/{bench.name}.py", *args])
+        return _run(bench, [*args, "--json", str(figures)], env,
+                    lambda _: bench.figures(json.loads(figures.read_text()), shown))
+
+
+def _run(bench: Benchmark, args: list[str], env: dict[str, str],
+         rows: Callable[[list[str]], list[Row | Skipped]]) -> list[Row | Skipped]:
+    command = [sys.executable, str(HERE / f"{bench.name}.py"), *args]
     tail: deque[str] = deque(maxlen=15)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     out: list[str] = []
@@ -86,10 +163,13 @@ def run_one(bench: Benchmark, *, smoke: bool, env: dict[str, str]) -> list[Row |
         watchdog.cancel()
     reader.join()
     text = "".join(out).strip().splitlines()
-    if code != 0 or not text:
+    if bench.figures is not None:  # its stdout is its own summary, not rows: show it with the progress
+        for line in text:
+            print(f"[{bench.name}] {line}", file=sys.stderr, flush=True)
+    if code != 0 or (not text and bench.figures is None):
         reason = next((line for line in reversed(tail) if line.strip()), f"exit status {code}")
         return [Skipped(bench.what, f"FAILED (exit {code}): {reason}", bench.command)]
-    return Report.from_json(text[-1]).rows
+    return rows(text)
 
 
 def machine_load() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -164,6 +165,62 @@ def test_only_without_out_writes_nothing(fake_benchmarks, monkeypatch):
     monkeypatch.setattr(run_all, "DEFAULT_OUT", fake_benchmarks / "default.md")
     assert run_all.main(["--only", "good"]) == 0
     assert not (fake_benchmarks / "default.md").exists()
+
+
+# benchmarks/operator_scale.py --json, as the control-plane benchmark writes it (a loaded-machine run)
+OPERATOR_FIGURES = {
+    "client_threads": 8,
+    "sizes": {"100": {"operator": {"p50": 0.31, "p99": 0.62, "max": 0.64},
+                      "baseline": {"p50": 0.03, "p99": 0.1, "max": 0.11}, "apply_seconds": 1.9, "p99_ratio": 6.2},
+              "500": {"operator": {"p50": 60.807, "p99": 109.293, "max": 109.928},
+                      "baseline": {"p50": 0.059, "p99": 0.339, "max": 0.35}, "apply_seconds": 23.84,
+                      "p99_ratio": 322.4}},
+    "rss_idle_mib": 80.0, "rss_jobs": 1000, "rss_mib": 120.0, "pytorchjobs_created": 1000.0}
+
+
+def test_the_operator_at_scale_rows_judge_the_control_plane_goals():
+    rows = run_all.operator_scale_rows(OPERATOR_FIGURES, "cmd --sizes 100 500")
+    small, large, memory = rows
+    assert [r.details.get("size") for r in rows] == [100, 500, None]  # sizes in numeric order, memory last
+    assert small.met is True and large.met is False  # p99 under 1 s, the goal of the control-plane issue
+    assert large.ratio.median == 109.293 and "322.4x the API alone" in large.ratio_of
+    assert "p99 0.339 s" in large.baseline
+    # 120 MiB is 125.8 MB: under the 150 MB goal; idle is the same-run baseline
+    assert memory.met is True and round(memory.ratio.median, 1) == 125.8 and "83.9 MB" in memory.baseline
+    text = table.render_rows(rows)
+    assert "109.29 s (1 round) = operator p99" in text and "≤ 1: **missed**" in text
+    assert "125.83 MB (1 round)" in text and "≤ 150: met" in text
+    assert all(r.command == "cmd --sizes 100 500" for r in rows)
+
+
+def test_over_150_mb_the_memory_row_is_missed():
+    heavy = {**OPERATOR_FIGURES, "rss_mib": 150.0}  # 150 MiB = 157 MB
+    assert run_all.operator_scale_rows(heavy, "cmd")[-1].met is False
+
+
+FIGURES_SCRIPT = """import json, sys
+args = sys.argv[1:]
+print("starting the control plane", file=sys.stderr)
+figures = json.loads({figures!r})
+figures["sizes"] = {{size: figures["sizes"]["100"] for size in args[args.index("--sizes") + 1:args.index("--json")]}}
+open(args[args.index("--json") + 1], "w").write(json.dumps(figures))
+"""
+
+
+def test_make_bench_reads_a_script_that_writes_its_own_figures(tmp_path, monkeypatch):
+    """operator_scale.py is not on the harness: make bench passes it its sizes and a file for --json."""
+    (tmp_path / "figures_one.py").write_text(FIGURES_SCRIPT.format(figures=json.dumps(OPERATOR_FIGURES)))
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "BENCHMARKS", (run_all.Benchmark(
+        "figures_one", "the operator at scale", args=("--sizes", "100", "300"), smoke_args=("--sizes", "7"),
+        figures=run_all.operator_scale_rows),))
+    out = tmp_path / "page.md"
+    assert run_all.main(["--out", str(out)]) == 0
+    text = out.read_text()
+    assert "p99 over 100 jobs" in text and "p99 over 300 jobs" in text and "p99 over 7 jobs" not in text
+    assert "`.venv/bin/python benchmarks/figures_one.py --sizes 100 300`" in text
+    assert run_all.main(["--smoke", "--out", str(out)]) == 0
+    assert "p99 over 7 jobs" in out.read_text()
 
 
 def test_every_benchmark_module_is_in_make_bench():
