@@ -12,6 +12,7 @@ Kueue; the scenario that starts with no backend at all gets a fresh one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 from kube_harness import REPO, OperatorProcess, condition, job_body, wait_for
+from kubefusion_operator.backends import TRAINJOB as TRAINJOB_BACKEND
 
 from .conftest import OPERATOR_USER, Installed, control_plane_or_skip, helm, install_chart, make_namespace, retire
 from .kube import Namespace
@@ -40,6 +42,7 @@ TRAINJOB = ('trainer.kubeflow.org', 'v1alpha1', 'trainjobs')
 JOBSET = ('jobset.x-k8s.io', 'v1alpha2', 'jobsets')
 JOBSET_NAME_LABEL = 'jobset.sigs.k8s.io/jobset-name'  # JobSet's label on its Jobs' pods
 KUEUE = ('kueue.x-k8s.io', 'v1beta2')
+METRICS_PORT = 9402  # spec.monitoring.metricsPort's default, and the chart's trainJob.runtime.metricsPort
 
 
 @dataclass
@@ -88,6 +91,31 @@ def operator_requests(cp: Any) -> tuple[set[tuple[str, str]], list[tuple[str, st
     return allowed, denied
 
 
+def pod_monitor(cp: Any) -> dict[str, Any]:
+    """The chart's PodMonitor (monitoring on): how Prometheus finds the training ranks the dashboard and the
+    alerts read."""
+    rendered = helm(cp, 'template', 'kubefusion', str(REPO / 'charts' / 'kubefusion'), '--set',
+                    'monitoring.enabled=true', '--show-only', 'templates/podmonitor.yaml').stdout
+    return yaml.safe_load(rendered)
+
+
+def scraped(monitor: dict[str, Any], pod: Any) -> dict[str, int]:
+    """The ports of ``pod`` that ``monitor`` scrapes, by name ({} where its selector does not select the pod)."""
+    labels, selector = pod.metadata.labels or {}, monitor['spec']['selector']
+    exists = [e['key'] for e in selector.get('matchExpressions', []) if e['operator'] == 'Exists']
+    if any(labels.get(k) != v for k, v in selector['matchLabels'].items()) or any(k not in labels for k in exists):
+        return {}
+    names = {e['port'] for e in monitor['spec']['podMetricsEndpoints']}
+    return {p.name: p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name in names}
+
+
+def series_labels(pod: Any) -> dict[str, str]:
+    """What the trainer labels its series with (namespace, job_name), as its container's environment says."""
+    (trainer,) = pod.spec.containers
+    env = {e.name: e.value for e in trainer.env or []}
+    return {'namespace': env['KUBEFUSION_NAMESPACE'], 'job_name': env['KUBEFUSION_JOB_NAME']}
+
+
 def started_plane(tmp_path_factory: pytest.TempPathFactory, name: str) -> Any:
     return control_plane_or_skip(tmp_path_factory.mktemp(name))
 
@@ -105,22 +133,28 @@ def plane_with(tmp_path_factory: pytest.TempPathFactory, name: str, *installs: C
         cp.stop()
 
 
-def operator_for(installed: Installed, log: Path) -> Iterator[OperatorProcess]:
-    process = installed.operator(log)
+@contextlib.contextmanager
+def operator_for(installed: Installed, log: Path, **env: str) -> Iterator[OperatorProcess]:
+    """The real operator as the chart runs it (``env``: settings changed from the chart's), stopped when done.
+    Jobs need no running operator to be deleted (no finalizer), so namespaces are retired after it stops."""
+    process = OperatorProcess(installed.operator_kubeconfig, log, env={**installed.operator_env, **env})
+    process.start()
     try:
         yield process
     finally:
-        if process.process is not None:  # kopf's finalizers on unfinished jobs need a running operator
-            installed.cp.kubectl('delete', 'multimodaltrainjobs', '--all', '-A', '--wait', '--timeout=60s',
-                                 check=False)
         process.stop()
 
 
+@contextlib.contextmanager
 def namespace_on(installed: Installed, request: pytest.FixtureRequest, *claims: str) -> Iterator[Namespace]:
+    """A fresh namespace on ``installed``'s control plane (claims ``datasets`` and ``runs`` unless said),
+    retired afterwards."""
     slug = re.sub(r'[^a-z0-9]+', '-', request.node.name.lower().removeprefix('test_'))[:40].strip('-')
     ns = make_namespace(installed.cp, f'tj-{slug}', claims or ('datasets', 'runs'))
-    yield ns
-    retire(installed.cp, ns.name)
+    try:
+        yield ns
+    finally:
+        retire(installed.cp, ns.name)
 
 
 # ------------------------------------------------------------------------------------ a Trainer-only cluster
@@ -135,12 +169,14 @@ def trainer_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed
 
 @pytest.fixture()
 def on_trainer(trainer_only: Installed, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from (Cluster(trainer_only, ns) for ns in namespace_on(trainer_only, request))
+    with namespace_on(trainer_only, request) as ns:
+        yield Cluster(trainer_only, ns)
 
 
 @pytest.fixture()
 def trainer_operator(trainer_only: Installed, tmp_path: Path) -> Iterator[OperatorProcess]:
-    yield from operator_for(trainer_only, tmp_path / 'operator.log')
+    with operator_for(trainer_only, tmp_path / 'operator.log') as process:
+        yield process
 
 
 def test_example_job_unchanged_runs_as_a_trainjob_on_gpu_nodes_to_succeeded(
@@ -236,6 +272,14 @@ def test_suspend_stops_the_pods_and_resume_starts_them_again(on_trainer: Cluster
     cluster.running_pods('held', 2)
     resumed = ns.wait_phase('held', 'Running', timeout=60)
     assert condition(resumed, 'Suspended')['reason'] == 'Resumed'
+
+    # A limit a TrainJob cannot take after creation (Trainer fixes it) is refused; the TrainJob is left alone.
+    ns.patch_job('held', {'spec': {'runPolicy': {'backoffLimit': 7}}})
+    refused = wait_for(lambda: (c := condition(ns.job('held'), 'SpecValid')).get('status') == 'False' and c,
+                       timeout=60, what='ImmutableFieldChanged')
+    assert refused['reason'] == 'ImmutableFieldChanged' and 'spec.runPolicy.backoffLimit' in refused['message']
+    assert 'only runPolicy.suspend may change' in refused['message']
+    ns.patch_job('held', {'spec': {'runPolicy': {'backoffLimit': 3}}})
     cluster.end_pods('held', 0)
     ns.wait_phase('held', 'Succeeded', timeout=90)
 
@@ -312,6 +356,63 @@ def test_operator_killed_mid_flight_loses_no_status_and_makes_no_second_trainjob
     assert trainer_operator.metrics()['kubefusion_operator_children_created_total{kind="TrainJob"}'] == 1
 
 
+def test_a_trainjob_pod_reports_progress_with_its_own_token_into_the_job(
+        on_trainer: Cluster, trainer_operator: OperatorProcess, tmp_path: Path) -> None:
+    """Live progress on the TrainJob backend: the pod Trainer and JobSet make carries the endpoint and the
+    job-audience token the operator put in the TrainJob (trainer.env, runtime patch), and a report sent with a
+    token bound to that pod (the trainer's own sender) shows in ``kubectl get mmtj``."""
+    from kubefusion.train import progress as live
+
+    from .test_progress import audience, pod_token
+
+    ns = on_trainer.ns
+    ns.create_job(job_body('reporting', nodes=1))
+    (pod,) = on_trainer.running_pods('reporting', 1)
+    (node,) = pod.spec.containers
+    env = {e.name: e.value for e in node.env}
+    path = f'/apis/{audience(ns.name, "reporting")}'
+    told = on_trainer.installed.operator_env['KUBEFUSION_OPERATOR_PROGRESS_URL']
+    assert env['KUBEFUSION_PROGRESS_URL'] == told + path
+    assert '/var/run/secrets/kubefusion.io/progress' in {m.mount_path for m in node.volume_mounts}
+    (volume,) = [v for v in pod.spec.volumes if v.name == 'progress-token']
+    assert volume.projected.sources[0].service_account_token.audience == audience(ns.name, 'reporting')
+    (init,) = pod.spec.init_containers
+    assert not [e for e in init.env or [] if e.name.startswith('KUBEFUSION_PROGRESS')]
+
+    token = tmp_path / 'token'
+    token.write_text(pod_token(ns, pod, audience(ns.name, 'reporting')))
+    tracker = live.ProgressTracker(['fused'], steps_per_stage=100, epochs=1)
+    tracker.stage_started('fused', 0, 0)
+    tracker.steps_done(5, 0, 50.0)
+    live.OperatorEndpoint(f'http://127.0.0.1:{trainer_operator.progress_port}{path}', str(token)).deliver(
+        tracker.report())
+    progress = wait_for(lambda: (ns.job('reporting').get('status') or {}).get('progress'), 40, 'the report written')
+    assert progress['step'] == 5 and progress['stale'] is False
+    (row,) = ns.table('mmtj', 'reporting')
+    assert (row['PHASE'], row['PROGRESS']) == ('Running', '5%')
+
+
+@pytest.mark.parametrize('verb, what, answer', [
+    ('create', 'trainjobs.trainer.kubeflow.org', 'yes'), ('patch', 'trainjobs.trainer.kubeflow.org', 'yes'),
+    ('get', 'clustertrainingruntimes.trainer.kubeflow.org', 'yes'),
+    ('delete', 'trainjobs.trainer.kubeflow.org', 'no'), ('update', 'trainjobs.trainer.kubeflow.org', 'no'),
+    ('patch', 'trainjobs.trainer.kubeflow.org --subresource=status', 'no'),
+    ('create', 'clustertrainingruntimes.trainer.kubeflow.org', 'no'),
+    ('patch', 'clustertrainingruntimes.trainer.kubeflow.org', 'no'),
+    ('list', 'clustertrainingruntimes.trainer.kubeflow.org', 'no'),
+    ('create', 'trainingruntimes.trainer.kubeflow.org', 'no'), ('get', 'jobsets.jobset.x-k8s.io', 'no'),
+    ('create', 'jobsets.jobset.x-k8s.io', 'no'), ('get', 'jobs.batch', 'no'), ('create', 'jobs.batch', 'no'),
+])
+def test_on_trainer_the_operator_may_make_trainjobs_and_read_its_runtime_and_nothing_more(
+        trainer_only: Installed, verb: str, what: str, answer: str) -> None:
+    """Least privilege where Trainer's kinds are served: no delete or status write of a TrainJob (Trainer owns
+    its status, the garbage collector removes it), the runtime only read by name, nothing of what Trainer and
+    JobSet make from it."""
+    done = trainer_only.cp.kubectl('auth', 'can-i', verb, *what.split(), '-A',
+                                   kubeconfig=trainer_only.operator_kubeconfig, check=False)
+    assert done.stdout.strip() == answer, (verb, what, done.stdout, done.stderr)
+
+
 # --------------------------------------------------------------------------- nothing installed, then Trainer
 
 
@@ -321,8 +422,8 @@ def test_nothing_installed_says_backend_unavailable_then_the_job_runs_once_train
     try:
         installed = install_chart(cp, tmp_path_factory.mktemp('bare-operator'), *CHART_VALUES)
         assert 'ClusterTrainingRuntime kubefusion was not installed' in installed.helm_output
-        for ns in namespace_on(installed, request):
-            for operator in operator_for(installed, tmp_path_factory.mktemp('bare-log') / 'operator.log'):
+        with namespace_on(installed, request) as ns:
+            with operator_for(installed, tmp_path_factory.mktemp('bare-log') / 'operator.log') as operator:
                 ns.create_job(job_body('early'))
                 missing = wait_for(lambda: (c := condition(ns.job('early'), 'BackendAvailable')).get('status')
                                    == 'False' and c, timeout=60, what='BackendUnavailable')
@@ -365,7 +466,8 @@ def with_kueue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
 
 @pytest.fixture()
 def on_kueue(with_kueue: Installed, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    yield from (Cluster(with_kueue, ns) for ns in namespace_on(with_kueue, request))
+    with namespace_on(with_kueue, request) as ns:
+        yield Cluster(with_kueue, ns)
 
 
 def queue_objects(namespace: str, gpus: int) -> list[dict[str, Any]]:
@@ -385,7 +487,7 @@ def test_queued_jobs_wait_until_a_cluster_queue_with_gpu_quota_admits_them_on_bo
         on_kueue: Cluster, with_kueue: Installed, tmp_path: Path) -> None:
     cluster, ns = on_kueue, on_kueue.ns
     cluster.cp.apply(*queue_objects(ns.name, gpus=0))
-    for operator in operator_for(with_kueue, tmp_path / 'operator.log'):
+    with operator_for(with_kueue, tmp_path / 'operator.log') as operator:
         ns.create_job(job_body('v1', backend='PyTorchJob', scheduling={'queue': 'team-a'}))
         ns.create_job(job_body('v2', backend='TrainJob', scheduling={'queue': 'team-a'}))
         for name in ('v1', 'v2'):
@@ -427,37 +529,70 @@ def test_queued_jobs_wait_until_a_cluster_queue_with_gpu_quota_admits_them_on_bo
     assert {('kueue.x-k8s.io/workloads', 'list'), ('kueue.x-k8s.io/workloads', 'patch')} <= allowed
 
 
-def test_a_trainjob_pod_reports_progress_with_its_own_token_into_the_job(
-        on_trainer: Cluster, trainer_operator: OperatorProcess, tmp_path: Path) -> None:
-    """Live progress on the TrainJob backend: the pod Trainer and JobSet make carries the endpoint and the
-    job-audience token the operator put in the TrainJob (trainer.env, runtime patch), and a report sent with a
-    token bound to that pod (the trainer's own sender) shows in ``kubectl get mmtj``."""
-    from kubefusion.train import progress as live
+def test_both_backends_installed_auto_takes_the_preference_and_an_unrecorded_trainjob_is_adopted(
+        on_kueue: Cluster, with_kueue: Installed, tmp_path: Path) -> None:
+    cluster, ns = on_kueue, on_kueue.ns
+    # One node of one GPU each: every job of this test runs at once on the cluster's 16 GPUs, beside nothing else.
+    small = {'nodes': 1, 'gpus': 1}
+    with operator_for(with_kueue, tmp_path / 'default.log'):  # the chart's default: PyTorchJob preferred
+        ns.create_job(job_body('auto', **small))
+        ns.create_job(job_body('named', backend='TrainJob', **small))
+        wait_for(lambda: ns.pytorchjob('auto'), timeout=60, what='Auto: a PyTorchJob')
+        wait_for(lambda: cluster.trainjob('named'), timeout=60, what='spec.backend TrainJob: a TrainJob')
 
-    from .test_progress import audience, pod_token
+    # The chart's operator.preferredBackend: TrainJob. Jobs that have their child keep their backend.
+    with operator_for(with_kueue, tmp_path / 'preferring.log',
+                      KUBEFUSION_OPERATOR_PREFERRED_BACKEND='TrainJob') as preferring:
+        ns.create_job(job_body('preferred', **small))
+        wait_for(lambda: cluster.trainjob('preferred'), timeout=60, what='Auto with TrainJob preferred: a TrainJob')
+        for name in ('auto', 'named', 'preferred'):
+            ns.wait_phase(name, 'Running', timeout=90)
+        # The dashboard and the alerts mean the same on both: the chart's PodMonitor selects the pods of either
+        # child, rank 0 on the same port, and their series carry the same namespace and job_name labels.
+        monitor = pod_monitor(cluster.cp)
+        (master,), (node,) = ns.running_pods('auto', 1), cluster.running_pods('named', 1)
+        assert scraped(monitor, master) == {'metrics-0': METRICS_PORT}
+        assert scraped(monitor, node)['metrics-0'] == METRICS_PORT
+        assert series_labels(master) == {'namespace': ns.name, 'job_name': 'auto'}
+        assert series_labels(node) == {'namespace': ns.name, 'job_name': 'named'}
+        preferring.wait_resync()
+        assert {n: ns.job(n)['status']['backend'] for n in ('auto', 'named', 'preferred')} == \
+            {'auto': 'PyTorchJob', 'named': 'TrainJob', 'preferred': 'TrainJob'}
+        assert [p['metadata']['name'] for p in ns.pytorchjobs()] == ['auto']
 
-    ns = on_trainer.ns
-    ns.create_job(job_body('reporting', nodes=1))
-    (pod,) = on_trainer.running_pods('reporting', 1)
-    (node,) = pod.spec.containers
-    env = {e.name: e.value for e in node.env}
-    path = f'/apis/{audience(ns.name, "reporting")}'
-    told = on_trainer.installed.operator_env['KUBEFUSION_OPERATOR_PROGRESS_URL']
-    assert env['KUBEFUSION_PROGRESS_URL'] == told + path
-    assert '/var/run/secrets/kubefusion.io/progress' in {m.mount_path for m in node.volume_mounts}
-    (volume,) = [v for v in pod.spec.volumes if v.name == 'progress-token']
-    assert volume.projected.sources[0].service_account_token.audience == audience(ns.name, 'reporting')
-    (init,) = pod.spec.init_containers
-    assert not [e for e in init.env or [] if e.name.startswith('KUBEFUSION_PROGRESS')]
+    # An operator that made a TrainJob and died before recording it: the next one (preferring PyTorchJob, with
+    # both served) finds the TrainJob and adopts it, and never makes a PyTorchJob beside it.
+    created = ns.create_job(job_body('twice', **small))
+    spec = {**job_body('twice', **small)['spec'], 'image': TRAINER_IMAGE}
+    body = TRAINJOB_BACKEND.build(spec, {**created['metadata'], 'namespace': ns.name}, runtime='kubefusion')
+    body['metadata']['annotations'] = {'kubefusion.io/applied-spec': json.dumps(spec, sort_keys=True)}
+    ns.custom.create_namespaced_custom_object(*TRAINJOB[:2], ns.name, TRAINJOB[2], body)
+    with operator_for(with_kueue, tmp_path / 'restarted.log') as operator:
+        adopted = wait_for(lambda: (ns.job('twice').get('status') or {}).get('backend') and ns.job('twice'),
+                           timeout=60, what='the unrecorded TrainJob to be adopted')
+        assert (adopted['status']['backend'], adopted['status']['trainJob']) == ('TrainJob', 'twice')
+        cluster.running_pods('twice', 1)
+        ns.wait_phase('twice', 'Running', timeout=60)
+        operator.wait_resync()
+        assert [p['metadata']['name'] for p in ns.pytorchjobs()] == ['auto']
+        assert operator.metrics().get('kubefusion_operator_children_created_total{kind="PyTorchJob"}', 0) == 0
 
-    token = tmp_path / 'token'
-    token.write_text(pod_token(ns, pod, audience(ns.name, 'reporting')))
-    tracker = live.ProgressTracker(['fused'], steps_per_stage=100, epochs=1)
-    tracker.stage_started('fused', 0, 0)
-    tracker.steps_done(5, 0, 50.0)
-    live.OperatorEndpoint(f'http://127.0.0.1:{trainer_operator.progress_port}{path}', str(token)).deliver(
-        tracker.report())
-    progress = wait_for(lambda: (ns.job('reporting').get('status') or {}).get('progress'), 40, 'the report written')
-    assert progress['step'] == 5 and progress['stale'] is False
-    (row,) = ns.table('mmtj', 'reporting')
-    assert (row['PHASE'], row['PROGRESS']) == ('Running', '5%')
+
+def test_trainjob_example_waits_in_its_queue_then_runs(with_kueue: Installed, tmp_path: Path) -> None:
+    """examples/trainjob.yaml as it is: the TrainJob backend by name, through Kueue's LocalQueue team-a."""
+    example = yaml.safe_load((REPO / 'examples' / 'trainjob.yaml').read_text())
+    namespace, name = example['metadata']['namespace'], example['metadata']['name']
+    ns = make_namespace(with_kueue.cp, namespace, ('demo-runs',))
+    cluster = Cluster(with_kueue, ns)
+    try:
+        with_kueue.cp.apply(*queue_objects(namespace, gpus=2))
+        with operator_for(with_kueue, tmp_path / 'operator.log') as operator:
+            with_kueue.cp.kubectl('apply', '-f', str(REPO / 'examples' / 'trainjob.yaml'))
+            pods = cluster.running_pods(name, 2)
+            assert all(p.spec.containers[0].resources.limits['nvidia.com/gpu'] == '1' for p in pods)
+            running = ns.wait_phase(name, 'Running', timeout=60)
+            assert running['status']['backend'] == 'TrainJob' and condition(running, 'Admitted')['status'] == 'True'
+            cluster.end_pods(name, 0)
+            ns.wait_phase(name, 'Succeeded', timeout=90)
+    finally:
+        retire(with_kueue.cp, namespace)

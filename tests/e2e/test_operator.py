@@ -2,22 +2,16 @@
 cannot produce on demand: an API server answering 500 to a create, and Kubeflow's final status write landing
 while the PyTorchJob is already being deleted. Everything a real server can answer is in tests/cluster.
 
-The test plays Kubeflow's training operator: it patches the PyTorchJob's status as Kubeflow would. The helpers
-below are shared with test_trainjob.py.
+The test plays Kubeflow's training operator: it patches the PyTorchJob's status as Kubeflow would.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .harness import NAMESPACE, Cluster, OperatorProcess, job_body, wait_for
-
-KUBECTL = shutil.which('kubectl') or '/usr/bin/kubectl'
 
 
 def children(cluster: Cluster, name: str) -> tuple[dict[str, Any], Any]:
@@ -25,29 +19,6 @@ def children(cluster: Cluster, name: str) -> tuple[dict[str, Any], Any]:
     configmap = wait_for(lambda: cluster.core.read_namespaced_config_map(f'{name}-config', NAMESPACE),
                          what=f'ConfigMap {name}-config')
     return pytorchjob, configmap
-
-
-def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
-    """The condition of that type, or {} while there is none."""
-    return next((c for c in (job.get('status') or {}).get('conditions', []) if c['type'] == type_), {})
-
-
-def kubectl(kubeconfig: Path, *args: str) -> str:
-    done = subprocess.run([KUBECTL, '--kubeconfig', str(kubeconfig), *args], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def table_cells(header: str, row: str) -> dict[str, str]:
-    """A `kubectl get` row by column, cut where the header's columns start (cells may be empty)."""
-    names = header.split()
-    starts = [header.index(name) for name in names] + [None]
-    return dict(zip(names, (row[a:b].strip() for a, b in zip(starts, starts[1:]))))
-
-
-CHART_TRAINER_IMAGE = 'registry.example.com/kubefusion-trainer:0.1.0'
-"""The operator's default trainer image as the chart sets it (examples/job.yaml names none)."""
 
 
 @pytest.mark.slow
