@@ -540,25 +540,32 @@ def test_both_backends_installed_auto_takes_the_preference_and_an_unrecorded_tra
         wait_for(lambda: ns.pytorchjob('auto'), timeout=60, what='Auto: a PyTorchJob')
         wait_for(lambda: cluster.trainjob('named'), timeout=60, what='spec.backend TrainJob: a TrainJob')
 
-    # The chart's operator.preferredBackend: TrainJob. Jobs that have their child keep their backend.
-    with operator_for(with_kueue, tmp_path / 'preferring.log',
-                      KUBEFUSION_OPERATOR_PREFERRED_BACKEND='TrainJob') as preferring:
-        ns.create_job(job_body('preferred', **small))
-        wait_for(lambda: cluster.trainjob('preferred'), timeout=60, what='Auto with TrainJob preferred: a TrainJob')
-        for name in ('auto', 'named', 'preferred'):
-            ns.wait_phase(name, 'Running', timeout=90)
-        # The dashboard and the alerts mean the same on both: the chart's PodMonitor selects the pods of either
-        # child, rank 0 on the same port, and their series carry the same namespace and job_name labels.
-        monitor = pod_monitor(cluster.cp)
-        (master,), (node,) = ns.running_pods('auto', 1), cluster.running_pods('named', 1)
-        assert scraped(monitor, master) == {'metrics-0': METRICS_PORT}
-        assert scraped(monitor, node)['metrics-0'] == METRICS_PORT
-        assert series_labels(master) == {'namespace': ns.name, 'job_name': 'auto'}
-        assert series_labels(node) == {'namespace': ns.name, 'job_name': 'named'}
-        preferring.wait_resync()
-        assert {n: ns.job(n)['status']['backend'] for n in ('auto', 'named', 'preferred')} == \
-            {'auto': 'PyTorchJob', 'named': 'TrainJob', 'preferred': 'TrainJob'}
-        assert [p['metadata']['name'] for p in ns.pytorchjobs()] == ['auto']
+    # helm upgrade --set operator.preferredBackend=TrainJob: new jobs take a TrainJob, jobs that have their child
+    # keep their backend.
+    preferring_chart = install_chart(cluster.cp, tmp_path, *CHART_VALUES,
+                                     '--set', 'operator.preferredBackend=TrainJob')
+    try:
+        assert preferring_chart.operator_env['KUBEFUSION_OPERATOR_PREFERRED_BACKEND'] == 'TrainJob'
+        with operator_for(preferring_chart, tmp_path / 'preferring.log') as preferring:
+            ns.create_job(job_body('preferred', **small))
+            wait_for(lambda: cluster.trainjob('preferred'), timeout=60,
+                     what='Auto with TrainJob preferred: a TrainJob')
+            for name in ('auto', 'named', 'preferred'):
+                ns.wait_phase(name, 'Running', timeout=90)
+            # The dashboard and the alerts mean the same on both: the chart's PodMonitor selects the pods of either
+            # child, rank 0 on the same port, and their series carry the same namespace and job_name labels.
+            monitor = pod_monitor(cluster.cp)
+            (master,), (node,) = ns.running_pods('auto', 1), cluster.running_pods('named', 1)
+            assert scraped(monitor, master) == {'metrics-0': METRICS_PORT}
+            assert scraped(monitor, node)['metrics-0'] == METRICS_PORT
+            assert series_labels(master) == {'namespace': ns.name, 'job_name': 'auto'}
+            assert series_labels(node) == {'namespace': ns.name, 'job_name': 'named'}
+            preferring.wait_resync()
+            assert {n: ns.job(n)['status']['backend'] for n in ('auto', 'named', 'preferred')} == \
+                {'auto': 'PyTorchJob', 'named': 'TrainJob', 'preferred': 'TrainJob'}
+            assert [p['metadata']['name'] for p in ns.pytorchjobs()] == ['auto']
+    finally:
+        install_chart(cluster.cp, tmp_path, *CHART_VALUES)  # the chart's default again, for the next tests
 
     # An operator that made a TrainJob and died before recording it: the next one (preferring PyTorchJob, with
     # both served) finds the TrainJob and adopts it, and never makes a PyTorchJob beside it.
