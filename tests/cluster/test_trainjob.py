@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,7 +304,7 @@ def test_what_only_the_runtime_decides_is_refused_and_a_named_backend_is_waited_
     waiting = wait_for(lambda: (c := condition(ns.job('v1'), 'BackendAvailable')).get('status') == 'False' and c,
                        timeout=60, what='BackendUnavailable for spec.backend PyTorchJob')
     assert 'training-operator.git' in waiting['message'] and 'trainer.git' not in waiting['message']
-    time.sleep(2 * trainer_operator.resync_seconds)  # nothing appears meanwhile
+    trainer_operator.wait_resync()  # nothing appears meanwhile
     for name in ('picky', 'v1'):
         with pytest.raises(kubernetes.client.ApiException) as missing:
             cluster.trainjob(name)
@@ -499,7 +498,7 @@ def test_queued_jobs_wait_until_a_cluster_queue_with_gpu_quota_admits_them_on_bo
         assert ns.pytorchjob('v1')['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a'
         assert cluster.trainjob('v2')['spec']['suspend'] is True  # Kueue's webhook, not the operator, set it
         assert ns.pods() == [] and cluster.pods('v2') == []
-        time.sleep(2 * operator.resync_seconds)  # the operator does not fight the queue
+        operator.wait_resync()  # the operator does not fight the queue
         assert ns.pytorchjob('v1')['spec']['runPolicy']['suspend'] is True
 
         # Quota for both jobs (2 nodes x 4 GPUs each): Kueue admits them, they run.
@@ -522,7 +521,7 @@ def test_queued_jobs_wait_until_a_cluster_queue_with_gpu_quota_admits_them_on_bo
         (workload,) = [w for w in workloads if w['metadata']['ownerReferences'][0]['kind'] == 'TrainJob']
         assert workload['spec']['active'] is False
         wait_for(lambda: cluster.pods('v2') == [], timeout=60, what='the suspended TrainJob\'s pods to go')
-        time.sleep(2 * operator.resync_seconds)
+        operator.wait_resync()
         assert ns.phase('v2') == 'Suspended'  # Kueue did not start it again
     allowed, denied = operator_requests(cluster.cp)
     assert denied == []
