@@ -156,6 +156,7 @@ def test_make_bench_writes_every_row_and_says_what_failed(fake_benchmarks, capsy
     assert "FAILED (exit 3): RuntimeError: the benchmark broke" in text
     assert "Skipped: no-such-tool-kubefusion not found on PATH" in text
     assert "Skipped: left out with --skip-cluster" in text
+    assert "Minutes per benchmark (1-min load average as it started): good 0.0 (load" in text
     assert "load average (1, 5, 15 min)" in text and "(--smoke: tiny sizes, the numbers mean nothing)" in text
     printed = capsys.readouterr()
     assert "good smoke" in printed.out and "[good] progress on stderr" in printed.err
@@ -196,6 +197,13 @@ def test_the_operator_at_scale_rows_judge_the_control_plane_goals():
 def test_over_150_mb_the_memory_row_is_missed():
     heavy = {**OPERATOR_FIGURES, "rss_mib": 150.0}  # 150 MiB = 157 MB
     assert run_all.operator_scale_rows(heavy, "cmd")[-1].met is False
+
+
+def test_memory_with_fewer_jobs_than_the_goal_names_is_not_judged():
+    fewer = {**OPERATOR_FIGURES, "rss_jobs": 500, "rss_mib": 100.0}  # 20 MiB over idle for 500 jobs
+    memory = run_all.operator_scale_rows(fewer, "cmd")[-1]
+    assert memory.goal is None and memory.met is None
+    assert "would take about 126 MB (extrapolated, not measured)" in memory.note  # (80 + 40) MiB
 
 
 FIGURES_SCRIPT = """import json, sys
