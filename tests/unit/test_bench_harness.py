@@ -129,7 +129,7 @@ if {fail!r}:
     sys.exit(3)
 measured = {name!r} + (" smoke" if "--smoke" in sys.argv else "")
 print(Report([Row(measured=measured, baseline="b", ratio=Spread(1.5, 1.4, 1.6, 3), ratio_of="x / y",
-                  command="c")]).to_json())
+                  command=".venv/bin/python benchmarks/" + {name!r} + ".py")]).to_json())
 """
 
 
@@ -141,7 +141,7 @@ def fake_benchmarks(tmp_path, monkeypatch):
         (scripts / f"{name}.py").write_text(FAKE.format(benchmarks=str(BENCHMARKS), fail=fail, name=name))
     monkeypatch.setattr(run_all, "HERE", scripts)
     monkeypatch.setattr(run_all, "BENCHMARKS", (
-        run_all.Benchmark("good", "a good figure"),
+        run_all.Benchmark("good", "a good figure", args=("--rounds", "3")),
         run_all.Benchmark("broken", "a broken figure"),
         run_all.Benchmark("needs_tool", "a figure that needs a tool", needs=("no-such-tool-kubefusion",)),
         run_all.Benchmark("cluster_one", "a control-plane figure", cluster=True)))
@@ -153,6 +153,7 @@ def test_make_bench_writes_every_row_and_says_what_failed(fake_benchmarks, capsy
     assert run_all.main(["--out", str(out), "--skip-cluster", "--smoke"]) == 1  # one benchmark failed
     text = out.read_text()
     assert "good smoke" in text and "1.50x (1.40-1.60, 3 rounds) = x / y" in text
+    assert "`.venv/bin/python benchmarks/good.py --smoke`" in text  # the command as run
     assert "FAILED (exit 3): RuntimeError: the benchmark broke" in text
     assert "Skipped: no-such-tool-kubefusion not found on PATH" in text
     assert "Skipped: left out with --skip-cluster" in text
@@ -162,9 +163,10 @@ def test_make_bench_writes_every_row_and_says_what_failed(fake_benchmarks, capsy
     assert "good smoke" in printed.out and "[good] progress on stderr" in printed.err
 
 
-def test_only_without_out_writes_nothing(fake_benchmarks, monkeypatch):
+def test_only_without_out_writes_nothing(fake_benchmarks, monkeypatch, capsys):
     monkeypatch.setattr(run_all, "DEFAULT_OUT", fake_benchmarks / "default.md")
     assert run_all.main(["--only", "good"]) == 0
+    assert "`.venv/bin/python benchmarks/good.py --rounds 3`" in capsys.readouterr().out  # make bench's sizes
     assert not (fake_benchmarks / "default.md").exists()
 
 
@@ -186,12 +188,20 @@ def test_the_operator_at_scale_rows_judge_the_control_plane_goals():
     assert small.met is True and large.met is False  # p99 under 1 s, the goal of the control-plane issue
     assert large.ratio.median == 109.293 and "322.4x the API alone" in large.ratio_of
     assert "p99 0.339 s" in large.baseline
+    assert "worked through at about 4.5 jobs/s" in large.if_missed  # 500 jobs, the last after 109.9 s
     # 120 MiB is 125.8 MB: under the 150 MB goal; idle is the same-run baseline
     assert memory.met is True and round(memory.ratio.median, 1) == 125.8 and "83.9 MB" in memory.baseline
     text = table.render_rows(rows)
     assert "109.29 s (1 round) = operator p99" in text and "≤ 1: **missed**" in text
     assert "125.83 MB (1 round)" in text and "≤ 150: met" in text
     assert all(r.command == "cmd --sizes 100 500" for r in rows)
+
+
+def test_with_the_operators_cpu_time_the_row_says_what_a_burst_costs():
+    sizes = {size: {**result, "operator_cpu_ms_per_job": 40.0} for size, result in OPERATOR_FIGURES["sizes"].items()}
+    large = run_all.operator_scale_rows({**OPERATOR_FIGURES, "sizes": sizes}, "cmd")[1]
+    assert "Operator CPU time: 40 ms per job." in large.note
+    assert "a burst of 500 needs 20 s of a whole core, where a p99 under 1 s asks for under 2 ms" in large.if_missed
 
 
 def test_over_150_mb_the_memory_row_is_missed():
