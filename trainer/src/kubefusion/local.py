@@ -286,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
                              log_path=logs / "torchrun.log")
     if code != 0:
         raise LocalRunError(f"training failed: {out.reason()} (full log: {logs / 'torchrun.log'})")
-    onnx = f" (ONNX: {output / 'onnx'})" if (output / "onnx" / "model.json").is_file() else ""
+    onnx = f" (ONNX: {output / 'onnx'})" if (output / "onnx" / "model.json").is_file() else \
+        f" (to serve it: kubefusion export --checkpoint {output / 'model.pt'} --out {output / 'onnx'})"
     print(f"done in {time.monotonic() - started:.0f} s; results in {output / 'results.md'} and "
           f"{output / 'results.json'}; model in {output / 'model.pt'}{onnx}; progress and results as a cluster "
           f"job shows them in {output / 'status.json'}", flush=True)
