@@ -141,7 +141,12 @@ def test_line_endings_and_a_byte_order_mark_are_not_other_data(tmp_path):
         (folder / "images").mkdir(parents=True)
         (folder / "images" / "a.png").write_bytes(b"\x89PNG\r\n")  # not a CSV: its bytes count as they are
         (folder / "text.csv").write_bytes(bom + ending.join(rows).encode())
-    assert artifact.data_fingerprint(lf)["sha256"] == artifact.data_fingerprint(crlf)["sha256"]
+    assert artifact.data_fingerprint(lf) == artifact.data_fingerprint(crlf)
+    # ... and so is the preprocessing made from it: the same content key, no "different content key" refusal
+    from kubefusion.preprocess.export import expected_content_key
+
+    assert expected_content_key(cfg.demo(), tmp_path / "a", data_root=lf) == \
+        expected_content_key(cfg.demo(), tmp_path / "b", data_root=crlf)
     (crlf / "text.csv").write_bytes(b"id,text,label\r\na,other,x\r\n")
     assert artifact.data_fingerprint(lf)["sha256"] != artifact.data_fingerprint(crlf)["sha256"]
     # a CRLF split across two reads is still one line ending

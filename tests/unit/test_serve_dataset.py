@@ -122,8 +122,10 @@ def test_serving_reads_the_image_formats_training_reads_and_refuses_any_other(tm
     picture = Image.new("RGB", (8, 8), (200, 30, 60))
     picture.save(tmp_path / "images" / "a.webp", lossless=True)
     (tmp_path / "images" / ".DS_Store").write_bytes(b"")  # a hidden file is no one's image
+    (tmp_path / "images" / "notes.txt").write_text("taken in May")  # nor a file named after no id (as training)
     records = _by_id(read_dataset(tmp_path, CLASSES, COLUMNS))
     assert records["a"].image_path.endswith("a.webp") and records["a"].mask[0]
+    assert sorted(records) == ["a", "b"] and not records["b"].mask[0]
     assert decode_image(records["a"].image_path, 8)[0, 0].tolist() == [200, 30, 60]
 
     picture.save(tmp_path / "images" / "b.tiff")  # never predicted without its image, silently
@@ -150,3 +152,13 @@ def test_predict_takes_a_manifest_as_data_validate_does(tmp_path, monkeypatch):
         assert list(_by_id(read_dataset(Path(where.root) / where.manifest, CLASSES, COLUMNS))) == ["a"]
     with pytest.raises(DataError, match="give either the manifest CSV itself, or its folder and --manifest"):
         dataset_location("set/manifest.csv", "manifest.csv")
+
+
+def test_a_text_of_any_length_is_predicted_as_training_reads_it(tmp_path):
+    import csv
+
+    csv.field_size_limit(128 * 1024)  # the csv module's default (process-wide): as in a fresh `kubefusion predict`
+    long_text = "word " * 60_000  # 300 KB: over that limit
+    _write(tmp_path, "text.csv", f"id,text,label\na,{long_text},cat\nb,short,dog\n")
+    records = _by_id(read_dataset(tmp_path, CLASSES, COLUMNS))
+    assert records["a"].text == long_text and records["a"].label == 0

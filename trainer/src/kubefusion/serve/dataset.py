@@ -94,8 +94,7 @@ def _read_folder(root: Path, tables: _Tables) -> None:
     if not (images.is_dir() or text.is_file() or numeric.is_file()):
         raise DataError(f"{root}: none of {IMAGES_DIR}/, {TEXT_FILE}, {NUMERIC_FILE} (or a manifest CSV: the file "
                         f"itself, or --manifest){manifest_hint([p.name for p in root.iterdir()], PREDICT_FLAGS)}")
-    if images.is_dir():
-        _read_images(images, tables)
+    other_files = _read_images(images, tables) if images.is_dir() else []
     if text.is_file():
         rows = _Rows(text, ("id", "text"), tables, numeric="none")
         text_col = rows.header.index("text")
@@ -107,18 +106,27 @@ def _read_folder(root: Path, tables: _Tables) -> None:
         for line, record_id, cells in rows:
             if any(cells[j].strip() for j in rows.positions):  # all empty: no numeric modality (as in training)
                 tables.numeric[record_id] = rows.numbers(line, record_id, cells)
+    for path in other_files:
+        # An id's image in another format would be predicted without it: refused. Any other file (notes, a
+        # thumbnail cache) is no one's image and left alone, as training leaves it.
+        if path.stem in tables.text or path.stem in tables.numeric:
+            raise DataError(f"{path}: not an image format the model reads ({formats_text()}); convert it, or "
+                            "move it out of images/")
 
 
-def _read_images(folder: Path, tables: _Tables) -> None:
+def _read_images(folder: Path, tables: _Tables) -> list[Path]:
+    """Reads the images into ``tables``; returns the files of other formats."""
+    others = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        if not is_image_name(path.name):  # an id's image in another format: predicted without it, unless refused
-            raise DataError(f"{path}: not an image format the model reads ({formats_text()}); convert it, or "
-                            "move it out of images/")
+        if not is_image_name(path.name):
+            others.append(path)
+            continue
         if path.stem in tables.image:
             raise DataError(f"{path}: id {path.stem!r} already has {tables.image[path.stem]}")
         tables.image[path.stem] = str(path)
+    return others
 
 
 def _read_manifest(path: Path, tables: _Tables) -> None:
