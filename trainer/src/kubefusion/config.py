@@ -618,8 +618,8 @@ def demo(data_path: str = "builtin:demo") -> JobConfig:
     2 processes, 3 epochs, concatenation fusion (the article's) with modality dropout so that every modality
     is learned. What `make demo` runs: examples/local-job.yaml spells out the same values (a test keeps them
     equal). The test split (1000 records) keeps the sampling noise of top-1 near 0.5 points. No ONNX export at
-    the end: on 2 CPU cores the dynamo exporter takes longer than the fused model's training (docs/results.md);
-    `kubefusion export` makes it when the model is to be served."""
+    the end, to stay the fast first run (docs/results.md); `kubefusion export` makes it when the model is to be
+    served."""
     return JobConfig(
         name="demo",
         data=DataConfig(path=data_path, demo_samples=5000, validation_fraction=0.1, test_fraction=0.2),
