@@ -120,8 +120,10 @@ def test_the_operator_can_do_nothing_more(control_plane, installed: Installed, v
 
 
 def test_what_it_may_do_it_can(control_plane, installed: Installed) -> None:
-    for verb, what in (('create', 'pytorchjobs.kubeflow.org'), ('patch', 'multimodaltrainjobs.kubefusion.io/status'),
-                       ('create', 'events'), ('get', 'pods')):
-        done = control_plane.kubectl('auth', 'can-i', verb, what, '-A', kubeconfig=installed.operator_kubeconfig,
-                                     check=False)
-        assert done.stdout.strip() == 'yes', (verb, what)
+    # (kubectl reads TYPE/NAME as a named object: a subresource is asked for with --subresource)
+    for verb, what, *sub in (('create', 'pytorchjobs.kubeflow.org'),
+                             ('patch', 'multimodaltrainjobs.kubefusion.io', '--subresource=status'),
+                             ('create', 'events'), ('get', 'pods')):
+        done = control_plane.kubectl('auth', 'can-i', verb, what, *sub, '-A',
+                                     kubeconfig=installed.operator_kubeconfig, check=False)
+        assert done.stdout.strip() == 'yes', (verb, what, *sub)
