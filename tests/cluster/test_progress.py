@@ -26,7 +26,7 @@ import yaml
 
 from kube_harness import REPO, OperatorProcess, wait_for
 
-from .conftest import Installed
+from .conftest import OPERATOR_USER, Installed
 from .kube import Namespace
 
 WRITE_SECONDS = 12.0  # the operator's default: at most one progress write per job this often
@@ -137,11 +137,6 @@ class Recorder:
         self._thread.join(5)
 
 
-def retire_jobs(ns: Namespace) -> None:
-    """Delete the jobs while the operator still runs: its resync timer holds a kopf finalizer on each."""
-    ns.kubectl("delete", "multimodaltrainjobs", "--all", "--wait", "--timeout=60s", check=False)
-
-
 def progress_operator(installed: Installed, log: Path) -> OperatorProcess:
     """The real operator as the chart runs it (its ServiceAccount, its environment), stale after 15 s."""
     process = OperatorProcess(installed.operator_kubeconfig, log,
@@ -248,7 +243,6 @@ def test_a_real_trainer_moves_progress_eta_and_val_top1_in_kubectl_get_mmtj_and_
         assert (row["PHASE"], row["PROGRESS"], row["TEST-TOP1"]) == ("Succeeded", "100%", done["summary"]["testTop1"])
         assert operator.metrics()['kubefusion_operator_progress_status_writes_total{kind="progress"}'] >= 3
     finally:
-        retire_jobs(ns)
         operator.stop()
 
 
@@ -315,7 +309,6 @@ def test_a_cut_path_marks_the_job_stale_and_reports_resume_after_it_mends_and_af
             publisher.close()
         recorder.stop()
         forwarder.close()
-        retire_jobs(ns)
         operator.stop()
 
 
@@ -361,10 +354,22 @@ def test_reports_with_a_token_of_another_job_or_none_are_refused_and_counted(
         assert metrics["kubefusion_operator_progress_reports_received_total"] == 4
         progress = wait_for(lambda: (ns.job("other").get("status") or {}).get("progress"), 30, "the report written")
         assert progress["step"] == 5 and "progress" not in (ns.job("demo").get("status") or {})
-        # No Role or RoleBinding was made for the pods: the report path needs none.
+        # No Role or RoleBinding was made for the pods: the report path needs none; their ServiceAccount still
+        # cannot touch the job. The operator checked the tokens within the chart's RBAC (its audit log).
         assert ns.kubectl("get", "roles,rolebindings", "-o", "name").stdout.strip() == ""
+        for verb, *subresource in (("patch", "--subresource=status"), ("patch",), ("update", "--subresource=status")):
+            can = ns.kubectl("auth", "can-i", verb, "multimodaltrainjobs.kubefusion.io/demo", *subresource,
+                             f"--as=system:serviceaccount:{ns.name}:default", check=False)
+            assert can.stdout.strip() == "no", (verb, subresource)
+        if not ns.cp.external:  # an external cluster's audit log is not readable from here
+            checks = [(e["verb"], (e.get("objectRef") or {}).get("resource"),
+                       (e.get("responseStatus") or {}).get("code"))
+                      for e in ns.cp.audit_events(OPERATOR_USER)
+                      if (e.get("objectRef") or {}).get("resource") == "tokenreviews"
+                      or (e.get("objectRef") or {}).get("namespace") == ns.name]
+            assert ("create", "tokenreviews", 201) in checks and ("get", "pods", 200) in checks
+            assert not [c for c in checks if c[2] == 403], checks
     finally:
-        retire_jobs(ns)
         operator.stop()
 
 
