@@ -5,15 +5,15 @@ progress going to a live endpoint, to an endpoint that never answers, and to one
     .venv/bin/python benchmarks/train_progress.py --smoke    # tiny and quick: what its test runs
 
 One process (no torchrun), the tiny demo model, demo data synthesised into a temporary folder (removed at the
-end). Every variant trains the fused stage from scratch in a fresh output folder (rank 0's status.json is
-written in all but the first); one warm-up run is discarded, then rounds interleaved (A B C D A B C D) so that
-a machine that gets busier hurts all alike. Printed per variant: wall seconds and the CPU seconds of the
-training thread itself (torch on one thread, so the step's compute runs there; other processes on a shared
-machine change wall time far more than this thread's CPU time), medians over rounds, and each as the median
-over rounds of its ratio to the same round's run without progress; the time the loop spent in its progress
-calls and the longest such call; and what one report costs alone (1,000 handed over back to back). Reports
-are offered at every step and sent every 0.5 s at most, 20 times more often than in a pod (10 s), so that any
-cost shows.
+end). Every run trains the fused stage from scratch in a fresh output folder (rank 0's status.json is written
+in all but the run without progress); a warm-up round is discarded, then the rounds rotate the variants'
+order (harness.interleave) so that a machine that gets busier hurts all alike. One row per endpoint: its wall
+time as the median of per-round ratios to the same round's run without progress; the notes add the training
+thread's CPU seconds as the same kind of ratio (torch on one thread, so the step's compute runs there; other
+processes on a shared machine change wall time far more than this thread's CPU time), the time the loop spent
+in its progress calls and the longest such call, and what one report costs alone (1,000 handed over back to
+back). Reports are offered at every step and sent every 0.5 s at most, 20 times more often than in a pod
+(10 s), so that any cost shows.
 
 - live endpoint: answers 202 at once (the operator up);
 - wedged endpoint: accepts connections and never answers (a NetworkPolicy that drops the traffic): each
@@ -27,7 +27,6 @@ default) is set to 0 here and is not in the timed part: it is paid once per run,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -44,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import yaml  # noqa: E402
+from harness import Row, cpus, describe, emit, interleave, log, paired, parser  # noqa: E402
 
 from kubefusion.config import load_job_file  # noqa: E402
 from kubefusion.data.synth import ensure_demo_data  # noqa: E402
@@ -152,47 +152,60 @@ def refused_endpoint() -> socket.socket:
     return closed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--smoke", action="store_true",
-                        help="120 samples, 1 round, no warm-up: checks that it runs, measures nothing")
-    args = parser.parse_args()
+COMMAND = ".venv/bin/python benchmarks/train_progress.py"
+VARIANTS = {"live endpoint": "an endpoint that answers 202 at once (the operator up)",
+            "wedged endpoint": "an endpoint that accepts and never answers (a NetworkPolicy dropping the traffic)",
+            "refused endpoint": "an endpoint that refuses (the operator down, a Service without endpoints)"}
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    p = parser(__doc__)
+    p.add_argument("--samples", type=int, default=2000, help="demo records (101 steps of batch 16 at 2000)")
+    p.add_argument("--epochs", type=int, default=1)
+    args = p.parse_args(argv)
     if args.smoke:
-        args.samples, args.epochs, args.rounds = 120, 1, 1
+        args.samples, args.epochs = 120, 1
+    args.rounds = 1 if args.smoke else (args.rounds or 5)
     import torch
 
     torch.set_num_threads(1)
-
     root = Path(tempfile.mkdtemp(prefix="kubefusion-progress-bench-"))
     try:
         summary = measure(root, args)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        print(json.dumps(summary))
-        return
-    print(f"\n{summary['steps']} optimizer steps per run (batch 16, logging every step), {args.rounds} round(s), "
-          f"load average {summary['load_average']:.1f}")
-    print("| progress | wall s | ratio (same round) | training thread CPU s | ratio (same round) | "
-          "loop in progress calls, ms per run | longest call ms | reports delivered / failed |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, row in summary["variants"].items():
-        in_calls = f"{1000 * statistics.median(row['in_calls_s']):.1f}" if row["in_calls_s"] else "-"
-        print(f"| {name} | {row['wall_s']:.1f} | {row['wall_ratio']:.2f} | {row['cpu_s']:.1f} | "
-              f"{row['cpu_ratio']:.2f} | {in_calls} | {row['longest_call_ms'] or '-'} | "
-              f"{row['delivered']} / {row['failed']} |")
-    for name, row in summary["variants"].items():
-        print(f"{name}: wall s per round {' '.join(f'{w:.1f}' for w in row['walls'])}; "
-              f"training thread CPU s {' '.join(f'{c:.2f}' for c in row['cpus'])}")
+    rows = rows_of(summary)
+    emit(rows, args)
+    return rows
+
+
+def rows_of(summary: dict) -> list[Row]:
+    """One row per endpoint: its training wall time against the same round's run without progress; the notes
+    say what the wall time hides (the training thread's CPU, the loop's longest progress call)."""
+    base = summary["variants"]["none"]
     cost = summary["hand_over"]
-    print(f"one report handed over, alone: {cost['wall_us']} us wall, {cost['cpu_us']} us CPU "
-          f"(mean over {cost['calls']} back to back)")
-    print(f"wedged endpoint: {summary['wedged_connections']} connection(s) held unanswered; "
-          f"live endpoint: {summary['live_received']} report(s) received")
+    rows = []
+    for name, description in VARIANTS.items():
+        variant = summary["variants"][name]
+        waited = (f" {summary['wedged_connections']} request(s) held unanswered, each waiting out its 5 s timeout "
+                  f"on the sender thread." if name == "wedged endpoint" else "")
+        rows.append(Row(
+            measured=f"training with live progress to {description}: the demo model's fused stage, "
+                     f"{summary['steps']} steps of batch 16, a report every step (sent every 0.5 s at most), "
+                     f"1 torch thread, {cpus()} cores, wall s",
+            value=describe(variant["walls"], "s", 1),
+            baseline=f"the same training without progress: {describe(base['walls'], 's', 1)}",
+            ratio=paired(variant["walls"], base["walls"]), ratio_of="with progress s / without s",
+            command=COMMAND,
+            note=f"Training thread CPU: {paired(variant['cpus'], base['cpus']).format()} of the run without "
+                 f"progress. The loop's longest progress call {variant['longest_call_ms']:.1f} ms, "
+                 f"{1000 * statistics.median(variant['in_calls_s']):.0f} ms in all per run (one report handed "
+                 f"over alone: {cost['cpu_us']:.0f} µs CPU, {cost['wall_us']:.0f} µs wall). Reports delivered "
+                 f"{variant['delivered']}, failed {variant['failed']}.{waited}",
+            details={**variant, "steps": summary["steps"], "hand_over": cost,
+                     "wedged_connections": summary["wedged_connections"],
+                     "live_received": summary["live_received"]}))
+    return rows
 
 
 def hand_over_cost(root: Path, url: str, calls: int = 1000) -> dict:
@@ -229,12 +242,11 @@ def measure(root: Path, args: argparse.Namespace) -> dict:
     endpoints = {"none": None, "live endpoint": f"http://127.0.0.1:{live_port}/p",
                  "wedged endpoint": f"http://127.0.0.1:{listener.getsockname()[1]}/p",
                  "refused endpoint": f"http://127.0.0.1:{refusing.getsockname()[1]}/p"}
-    seconds: dict[str, list[float]] = {name: [] for name in endpoints}
-    cpu: dict[str, list[float]] = {name: [] for name in endpoints}
-    sent = {name: {"delivered": 0, "failed": 0, "calls": 0, "in_calls_s": [], "longest_call_ms": 0.0}
-            for name in endpoints}
+    runs: dict[str, list[dict]] = {name: [] for name in endpoints}
+    """Every run's figures per variant, warm-up first (interleave keeps the rounds' wall times only)."""
 
-    def run(name: str, output: Path) -> tuple[float, float]:
+    def run(name: str) -> float:
+        output = root / f"{name.replace(' ', '-')}-{len(runs[name])}"
         progress = None
         if endpoints[name] is not None:
             env = {live.ENV_URL: endpoints[name], live.ENV_INTERVAL: "0.5", live.ENV_FINAL_TIMEOUT: "0"}
@@ -245,41 +257,36 @@ def measure(root: Path, args: argparse.Namespace) -> dict:
                                          "numeric_columns": training.numeric_columns})
         started, started_cpu = time.perf_counter(), time.thread_time()
         train_stage(session, Stage("fused", ("image", "text", "numeric"), 0))
-        elapsed = time.perf_counter() - started, time.thread_time() - started_cpu
+        figures = {"wall": time.perf_counter() - started, "cpu": time.thread_time() - started_cpu}
         if progress is not None:
             progress.progress.close()  # after training, and not timed as the loop's: it may wait for the send
             endpoint = progress.publisher.threads[1]
-            sent[name]["delivered"] += endpoint.delivered
-            sent[name]["failed"] += endpoint.failures
-            sent[name]["calls"] += progress.calls
-            sent[name]["in_calls_s"].append(progress.seconds)
-            sent[name]["longest_call_ms"] = max(sent[name]["longest_call_ms"], round(1000 * progress.longest, 2))
-        return elapsed
+            figures.update(delivered=endpoint.delivered, failed=endpoint.failures, calls=progress.calls,
+                           in_calls=progress.seconds, longest=progress.longest)
+        runs[name].append(figures)
+        return figures["wall"]
 
+    warmup = 0 if args.smoke else 1  # first-call costs (allocator, kernels' first use) hurt no variant
     try:
         hand_over = hand_over_cost(root, endpoints["refused endpoint"])
-        if not args.smoke:
-            run("none", root / "warm-up")  # first-call costs (allocator, kernels' first use) hurt no variant
-        for round_ in range(args.rounds):
-            for name in endpoints:
-                wall, used = run(name, root / f"{name.replace(' ', '-')}-{round_}")
-                seconds[name].append(wall)
-                cpu[name].append(used)
+        log(f"train_progress: {steps} steps per run, {args.rounds} rounds after {warmup} warm-up")
+        interleave({name: (lambda name=name: run(name)) for name in endpoints}, rounds=args.rounds, warmup=warmup,
+                   progress=log)
     finally:
         server.terminate()
         received = int(server.communicate(timeout=30)[0] or -1)
         listener.close()
         refusing.close()
 
-    def paired(values: dict[str, list[float]], name: str) -> float:
-        """Median over rounds of this variant's time over the same round's run without progress: the runs of a
-        round are next to each other in time, so a load that comes and goes cancels out."""
-        return round(statistics.median(v / b for v, b in zip(values[name], values["none"])), 3)
-
-    variants = {name: {"wall_s": round(statistics.median(seconds[name]), 3), "wall_ratio": paired(seconds, name),
-                       "cpu_s": round(statistics.median(cpu[name]), 3), "cpu_ratio": paired(cpu, name),
-                       "walls": seconds[name], "cpus": cpu[name], **sent[name]}
-                for name in endpoints}
+    variants = {}
+    for name, every in runs.items():
+        kept = every[warmup:]
+        variants[name] = {"walls": [r["wall"] for r in kept], "cpus": [r["cpu"] for r in kept],
+                          "delivered": sum(r.get("delivered", 0) for r in kept),
+                          "failed": sum(r.get("failed", 0) for r in kept),
+                          "calls": min((r.get("calls", 0) for r in kept), default=0),
+                          "in_calls_s": [r.get("in_calls", 0.0) for r in kept],
+                          "longest_call_ms": round(1000 * max(r.get("longest", 0.0) for r in kept), 2)}
     return {"steps": steps, "rounds": args.rounds, "load_average": os.getloadavg()[0], "variants": variants,
             "wedged_connections": len(held), "live_received": received, "hand_over": hand_over}
 

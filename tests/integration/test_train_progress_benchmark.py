@@ -1,10 +1,10 @@
 """benchmarks/train_progress.py runs (``--smoke``) and measures what it says: each variant trained, the live
-endpoint got reports, the wedged one held a request unanswered and the refused one failed, and none of that
-stopped a run (docs/training.md, "Live progress", has its figures)."""
+endpoint got reports, the wedged one held a request unanswered and the refused one failed, no call of the
+loop waited out a send, and its rows are the benchmark table's (docs/training.md, "Live progress", has its
+figures)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,24 +16,32 @@ from kubefusion.train.progress import REQUEST_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.slow
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "train_progress.py"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from harness import Report  # noqa: E402
 
 
 def test_the_progress_benchmark_trains_every_variant_against_live_wedged_and_refused_endpoints():
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--smoke", "--json"], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "train_progress.py"), "--smoke", "--json"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])  # the progress bars come before it
-    variants = summary["variants"]
-    assert list(variants) == ["none", "live endpoint", "wedged endpoint", "refused endpoint"]
-    assert all(len(v["walls"]) == 1 and v["wall_s"] > 0 and v["cpu_ratio"] > 0 for v in variants.values())
-    assert variants["live endpoint"]["delivered"] >= 1 and variants["live endpoint"]["failed"] == 0
-    assert summary["live_received"] == variants["live endpoint"]["delivered"]
-    assert summary["wedged_connections"] >= 1 and variants["wedged endpoint"]["delivered"] == 0
-    assert variants["refused endpoint"]["failed"] >= 1 and variants["refused endpoint"]["delivered"] == 0
-    assert variants["none"]["wall_ratio"] == 1.0
-    # The loop only hands reports over: no call of it waited out a send (5 s against the wedged endpoint).
-    reporting = [v for name, v in variants.items() if name != "none"]
-    assert all(v["calls"] >= summary["steps"] for v in reporting)  # a report every step (logEverySteps: 1)
-    assert max(v["longest_call_ms"] for v in variants.values()) < 1000 * REQUEST_TIMEOUT_SECONDS, variants
-    assert summary["hand_over"]["calls"] == 1000 and summary["hand_over"]["cpu_us"] > 0
+    rows = Report.from_json(done.stdout.strip().splitlines()[-1]).rows  # the progress bars come before it
+    assert [r.measured.split(":")[0] for r in rows] == [
+        "training with live progress to an endpoint that answers 202 at once (the operator up)",
+        "training with live progress to an endpoint that accepts and never answers (a NetworkPolicy dropping "
+        "the traffic)",
+        "training with live progress to an endpoint that refuses (the operator down, a Service without "
+        "endpoints)"]
+    live, wedged, refused = (r.details for r in rows)
+    assert all(r.ratio.n == 1 and r.ratio.median > 0 and r.command == ".venv/bin/python benchmarks/train_progress.py"
+               for r in rows)
+    assert live["delivered"] >= 1 and live["failed"] == 0 and live["live_received"] == live["delivered"]
+    assert wedged["wedged_connections"] >= 1 and wedged["delivered"] == 0
+    assert refused["failed"] >= 1 and refused["delivered"] == 0
+    # The loop only hands reports over (a report every step: logEverySteps 1); none of its calls waited out a
+    # send, which against the wedged endpoint takes 5 s.
+    assert all(d["calls"] >= d["steps"] for d in (live, wedged, refused))
+    assert max(d["longest_call_ms"] for d in (live, wedged, refused)) < 1000 * REQUEST_TIMEOUT_SECONDS, rows
+    assert live["hand_over"]["calls"] == 1000 and live["hand_over"]["cpu_us"] > 0
