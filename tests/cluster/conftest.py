@@ -49,13 +49,18 @@ EXTERNAL = os.environ.get('KUBEFUSION_TEST_KUBECONFIG')
 """An admin kubeconfig of a cluster to run the tier against instead of the local control plane (kind, k3d)."""
 
 
-def control_plane_or_skip(root: Path, **options: Any) -> controlplane.ControlPlane:
-    """A started control plane of its own under ``root``; the tier is skipped (one line) only where Go is missing
-    and no build exists."""
+def skip_without_own_control_plane() -> None:
+    """Skip (one line) where a control plane of the test's own cannot start: Go missing and no build, or the
+    tier pointed at another cluster."""
     if build.find() is None and shutil.which('go') is None:
         pytest.skip('cluster tier: Go is not installed, so the control plane cannot be built (cluster/README.md)')
     if EXTERNAL:
         pytest.skip('needs a control plane of its own, not the cluster of KUBEFUSION_TEST_KUBECONFIG')
+
+
+def control_plane_or_skip(root: Path, **options: Any) -> controlplane.ControlPlane:
+    """A started control plane of its own under ``root`` (else skipped: :func:`skip_without_own_control_plane`)."""
+    skip_without_own_control_plane()
     cp = controlplane.ControlPlane(root, **options)
     cp.start()
     return cp

@@ -49,6 +49,10 @@ STATUS_WRITE_ATTEMPTS = 8
 CHILD_REJECTED = "ChildRejected"
 """SpecValid=False reason: the API refused a child object the spec produced (422 from a webhook or schema)."""
 
+KOPF_MARKER = "kubefusion.io/kopf-managed"
+"""kopf writes this annotation (its storages' prefix, below) with its first record of a job: handled, or to be
+retried."""
+
 OPTIONS = Options.from_env()
 
 
@@ -113,17 +117,25 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return phase is None or not phase.is_terminal
 
 
-@kopf.index(*MTJ)
-def unfinished_jobs(namespace: str, name: str, body: kopf.Body, status: kopf.Status, **_: Any) -> dict[Any, Any]:
-    """The jobs the resync loop visits, with their latest body (kopf keeps it current from the watch events)."""
-    return {(namespace, name): body} if _unfinished(status) else {}
-
-
 # One loop for all jobs rather than a kopf timer per job: a kopf timer puts a finalizer on its object (so
 # `kubectl delete` of a job, or of its namespace, hangs while no operator runs) and costs an asyncio task per
 # job; this loop costs one task and adds no finalizer.
 _RESYNC: dict[str, Any] = {}
 RESYNC_LOG = logging.getLogger("kubefusion_operator.resync")
+
+
+# The indexer and count_phase run for every event of every job and never block: async, so kopf runs them on its
+# event loop instead of queueing them for a worker thread behind the reconciliations (a burst of new jobs would
+# otherwise wait for a worker three times before its reconciliation is even queued).
+@kopf.index(*MTJ)
+async def unfinished_jobs(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status,
+                          **_: Any) -> dict[Any, Any]:
+    """The jobs the resync loop visits, with their latest body (kopf keeps it current from the watch events):
+    unfinished ones that kopf has handled once. A job kopf has not got to yet is its create handler's; a resync
+    of it would only race that handler (both creating, one adopting) when many jobs arrive at once."""
+    # The context kopf handles jobs in: the resync loop posts its Events through it (startup handlers have none).
+    _RESYNC.setdefault("context", contextvars.copy_context())
+    return {(namespace, name): body} if _unfinished(status) and KOPF_MARKER in meta.annotations else {}
 
 
 @kopf.on.startup()
@@ -159,8 +171,9 @@ async def _resync_forever(jobs: kopf.Index, settings: kopf.OperatorSettings) -> 
                 continue
             running.add(key)
             # kopf's own thread pool for sync handlers (--workers), read each time: configure() may replace it;
-            # in this task's context, as kopf runs sync handlers, so kopf.info/warn find the event queue.
-            future = loop.run_in_executor(settings.execution.executor, contextvars.copy_context().run, resync,
+            # in a copy of a handler's context, where kopf.info/event find kopf's Event queue.
+            context = _RESYNC.get("context") or contextvars.copy_context()
+            future = loop.run_in_executor(settings.execution.executor, context.copy().run, resync,
                                           _plain(next(iter(store))))
             future.add_done_callback(lambda _, key=key: running.discard(key))
 
@@ -248,7 +261,11 @@ def _find_child(job: dict[str, Any]) -> tuple[Backend | None, dict[str, Any] | N
     meta = job["metadata"]
     recorded = _recorded_backend(job.get("status") or {})
     requested = BACKENDS.get((job.get("spec") or {}).get("backend") or "")
-    for backend in [recorded] if recorded else [requested] if requested else list(BACKENDS.values()):
+    # Without a record, only a backend whose API is served can hold a child (kube.served answers from a cache
+    # that lasts seconds, so a burst of new jobs costs no extra request).
+    candidates = [recorded] if recorded else [requested] if requested else [
+        backend for backend in BACKENDS.values() if kube.served(backend)]
+    for backend in candidates:
         child = _read_or_none(functools.partial(kube.get_child, backend), meta["namespace"], meta["name"])
         if child is not None:
             return backend, _claim(child, job, backend.kind, functools.partial(kube.patch_child, backend),
@@ -467,7 +484,9 @@ def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: b
     ``keep_data``). True when it was created."""
     desired = build_configmap(spec, job["metadata"])
     namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
-    existing = _read_or_none(kube.get_configmap, namespace, name)
+    # A job that has no child yet almost never has its ConfigMap either: create it straight away (one request,
+    # not a read and a create), and read it only when it turns out to exist.
+    existing = _read_or_none(kube.get_configmap, namespace, name) if keep_data else None
     if existing is None:
         try:
             kube.create_configmap(desired)
@@ -476,7 +495,7 @@ def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: b
         except ApiException as e:
             if e.status != 409:
                 raise
-            existing = kube.get_configmap(namespace, name)  # created meanwhile (another run): adopt it
+            existing = kube.get_configmap(namespace, name)  # made before (another run, or by hand): adopt it
     existing = _claim(existing, job, "ConfigMap", kube.patch_configmap)
     labels = existing["metadata"].get("labels") or {}
     patch: dict[str, Any] = {}
@@ -505,6 +524,7 @@ def _ensure_child(job: dict[str, Any], backend: Backend, spec: dict[str, Any], e
             return created, True
         except ApiException as e:
             if e.status == 404:  # the CRD went away between the read and the create
+                kube.forget_discovery()
                 _backend_unavailable(job, unavailable_message(backend.name, {backend.name: False},
                                                               OPTIONS.training_runtime), retry=retry)
             if e.status != 409:
@@ -606,7 +626,7 @@ for _backend in BACKENDS.values():
 
 
 @kopf.on.event(*MTJ)
-def count_phase(event: kopf.RawEvent, name: str, namespace: str, status: kopf.Status, **_: Any) -> None:
+async def count_phase(event: kopf.RawEvent, name: str, namespace: str, status: kopf.Status, **_: Any) -> None:
     """Keep ``kubefusion_operator_jobs{phase}`` true to what the API says (also for deletions)."""
     deleted = event.get("type") == "DELETED"
     metrics.JOBS.record(namespace, name, None if deleted else status.get("phase") or Phase.PENDING.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -50,20 +51,59 @@ def custom() -> kubernetes.client.CustomObjectsApi:
     return kubernetes.client.CustomObjectsApi(client())
 
 
-def core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(client())
+def _core(method: str, path: str, body: Any = None, *,
+          content_type: str = "application/json") -> dict[str, Any]:
+    """One request to a built-in API (``/api/v1/...``, ``/apis/authentication.k8s.io/...``) with the client's
+    credentials and connections, answered as plain JSON data; a status other than 2xx raises ``ApiException``
+    as the typed API classes do. Not through ``CoreV1Api`` or ``AuthenticationV1Api``: since the client's move to
+    pydantic (v36) their first use builds a model class for every type of those API groups: seconds of CPU and
+    tens of MiB of resident memory for good, for the three kinds the operator reads (docs/operator.md, "The
+    operator at scale")."""
+    api = client()
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    request = api.param_serialize(method=method, resource_path=path, header_params=headers, body=body,
+                                  auth_settings=["BearerToken"])
+    response = api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+    response.read()
+    return api.response_deserialize(response, {"2XX": "object"}).data
+
+
+DISCOVERY_SECONDS = 2.0
+"""How long an answer to "is this backend's API served?" is reused. Every job without a child asks it (the
+backend is chosen then, and an orphan child is looked for only where one can exist): a burst of 500 new jobs
+asks once per backend and period instead of 1000 times, while a CRD installed meanwhile is seen within
+seconds (a job waiting for its backend retries after ``--backend-retry-seconds``, 15 s by default)."""
+_discovery: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+"""(group, version) -> when it was asked, and the resources (plurals) it served then."""
+_discovery_lock = threading.Lock()
 
 
 def served(backend: Backend) -> bool:
     """Whether the API server serves the backend's resource (``kubeflow.org/v1`` ``pytorchjobs``,
-    ``trainer.kubeflow.org/v1alpha1`` ``trainjobs``): whether its CRD is installed."""
-    try:
-        resources = custom().get_api_resources(backend.group, backend.version, _request_timeout=REQUEST_TIMEOUT)
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise
-    return any(r.name == backend.plural for r in resources.resources or [])
+    ``trainer.kubeflow.org/v1alpha1`` ``trainjobs``): whether its CRD is installed. Within
+    :data:`DISCOVERY_SECONDS` of the last answer for its group and version, that answer."""
+    key, now = (backend.group, backend.version), time.monotonic()
+    with _discovery_lock:
+        asked, plurals = _discovery.get(key, (float("-inf"), frozenset()))
+    if now - asked >= DISCOVERY_SECONDS:
+        try:
+            resources = _core("GET", f"/apis/{backend.group}/{backend.version}").get("resources") or []
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            resources = []
+        plurals = frozenset(resource.get("name") for resource in resources)
+        with _discovery_lock:
+            _discovery[key] = (now, plurals)
+    return backend.plural in plurals
+
+
+def forget_discovery() -> None:
+    """Ask the API server again next time (a create answered 404: the CRD went away)."""
+    with _discovery_lock:
+        _discovery.clear()
 
 
 def get_training_runtime(name: str) -> dict[str, Any]:
@@ -144,30 +184,31 @@ def patch_workload(version: str, namespace: str, name: str, patch: dict[str, Any
                                                    patch, _request_timeout=REQUEST_TIMEOUT)
 
 
-def _read_core(read: Any, kind: str, namespace: str, name: str) -> dict[str, Any]:
-    """One core/v1 object as plain JSON data; :class:`NotFound` when it does not exist."""
+def _core_v1(namespace: str, plural: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
+
+
+def _read_core(kind: str, plural: str, namespace: str, name: str) -> dict[str, Any]:
+    """One core/v1 object; :class:`NotFound` when it does not exist."""
     try:
-        found = read(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        return _core("GET", _core_v1(namespace, plural, name))
     except ApiException as e:
         if e.status == 404:
             raise NotFound(f"{kind} {namespace}/{name}") from e
         raise
-    return client().sanitize_for_serialization(found)
 
 
 def get_configmap(namespace: str, name: str) -> dict[str, Any]:
-    return _read_core(core().read_namespaced_config_map, "ConfigMap", namespace, name)
+    return _read_core("ConfigMap", "configmaps", namespace, name)
 
 
 def create_configmap(body: dict[str, Any]) -> dict[str, Any]:
-    created = core().create_namespaced_config_map(body["metadata"]["namespace"], body,
-                                                  _request_timeout=REQUEST_TIMEOUT)
-    return client().sanitize_for_serialization(created)
+    return _core("POST", _core_v1(body["metadata"]["namespace"], "configmaps"), body)
 
 
 def patch_configmap(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-    patched = core().patch_namespaced_config_map(name, namespace, patch, _request_timeout=REQUEST_TIMEOUT)
-    return client().sanitize_for_serialization(patched)
+    return _core("PATCH", _core_v1(namespace, "configmaps", name), patch,
+                 content_type="application/strategic-merge-patch+json")
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -221,12 +262,10 @@ def merge_job_status(namespace: str, name: str, fields: dict[str, Any]) -> dict[
 def review_token(token: str, audience: str) -> dict[str, Any]:
     """The API server's TokenReview of ``token`` for ``audience``: ``status`` with ``authenticated``, ``user``
     (``username``, ``extra`` naming the pod a bound token belongs to) and ``error``."""
-    review = kubernetes.client.V1TokenReview(
-        spec=kubernetes.client.V1TokenReviewSpec(token=token, audiences=[audience]))
-    answer = kubernetes.client.AuthenticationV1Api(client()).create_token_review(
-        review, _request_timeout=REQUEST_TIMEOUT)
-    return client().sanitize_for_serialization(answer)
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+              "spec": {"token": token, "audiences": [audience]}}
+    return _core("POST", "/apis/authentication.k8s.io/v1/tokenreviews", review)
 
 
 def get_pod(namespace: str, name: str) -> dict[str, Any]:
-    return _read_core(core().read_namespaced_pod, "Pod", namespace, name)
+    return _read_core("Pod", "pods", namespace, name)
