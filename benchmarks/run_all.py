@@ -140,7 +140,7 @@ def _latency_missed(size: int, result: Mapping[str, Any]) -> str:
 OPERATOR_SCALE = Benchmark(
     "operator_scale", "the operator at scale: p99 apply -> PyTorchJob and resident memory, real API server",
     needs=("go",), cluster=True, args=("--sizes", "100", "200", "--memory-jobs", "300"),
-    smoke_args=("--sizes", "5", "--memory-jobs", "10"), figures=operator_scale_rows)
+    smoke_args=("--sizes", "5", "--memory-jobs", "10", "--resync-seconds", "2"), figures=operator_scale_rows)
 
 BENCHMARKS = (
     Benchmark("data_pipeline", "input pipeline records/s against the naive loader and the decode floor"),
@@ -154,6 +154,8 @@ BENCHMARKS = (
     Benchmark("train_precision", "step time per precision against fp32 on CPU"),
     Benchmark("preprocess_fingerprint", "content key with the digest cache against without"),
     Benchmark("data_synth_memory", "peak memory of data synth against sample count", args=("--rounds", "1")),
+    Benchmark("train_progress", "training wall time with live progress reports against none, per endpoint",
+              args=("--rounds", "3")),
     OPERATOR_SCALE,
 )
 
