@@ -36,7 +36,8 @@ from table import render_rows, write_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
+PAGE = "docs/benchmarks.md"
+DEFAULT_OUT = REPO / PAGE
 TIMEOUT_SECONDS = 20 * 60
 
 
@@ -222,7 +223,7 @@ def commit() -> str:
                               check=True).stdout.strip()
         # the page being rewritten does not count: its prose may be edited while the benchmarks run
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                f":!{DEFAULT_OUT.relative_to(REPO)}"], cwd=REPO,
+                                f":!{PAGE}"], cwd=REPO,
                                capture_output=True, text=True).stdout.strip()
         return head + (" with uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
