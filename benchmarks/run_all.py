@@ -109,9 +109,8 @@ def operator_scale_rows(figures: Mapping[str, Any], command: str) -> list[Row]:
              + ("" if judged else f" The goal (≤ {OPERATOR_RSS_GOAL_MB:g} MB) is for {OPERATOR_RSS_GOAL_JOBS} jobs, "
                                   f"more than this run made; growing as it did here, {OPERATOR_RSS_GOAL_JOBS} jobs "
                                   f"would take about {at_goal_size:.0f} MB (extrapolated, not measured)."),
-        if_missed=f"{(loaded_mb - idle_mb) * 1e6 / 1024 / jobs:.0f} KiB per job: per job the operator holds kopf's "
-                  "per-object state and, in its index of unfinished jobs, the job's body; which of these takes the "
-                  "memory was not measured; see docs/benchmarks.md, The operator at scale.",
+        if_missed=f"{(loaded_mb - idle_mb) * 1e6 / 1024 / jobs:.0f} KiB per job stays resident, mostly not live Python "
+                  "objects (tracemalloc, docs/operator.md, The operator at scale); see docs/benchmarks.md.",
         details={"jobs": jobs, "rss_mb": round(loaded_mb, 1), "idle_mb": round(idle_mb, 1)}))
     return rows
 
