@@ -41,7 +41,9 @@ def test_helm_install_establishes_the_crd_with_columns_and_field_docs(control_pl
     status = {c['type']: c['status'] for c in crd['status']['conditions']}
     assert status['Established'] == 'True' and status['NamesAccepted'] == 'True'
     assert crd['status']['acceptedNames']['shortNames'] == ['mmtj']
-    explained = control_plane.kubectl('explain', 'mmtj.spec.model').stdout
+    # The API server publishes a new CRD's OpenAPI a moment after Established: kubectl explain may miss it at first.
+    explained = wait_for(lambda: (done := control_plane.kubectl('explain', 'mmtj.spec.model', check=False))
+                         .returncode == 0 and done.stdout, timeout=60, what='kubectl explain mmtj.spec.model')
     ours = yaml.safe_load((REPO / 'manifests' / 'crd.yaml').read_text())
     model = ours['spec']['versions'][0]['schema']['openAPIV3Schema']['properties']['spec']['properties']['model']
     first_words = ' '.join(model['description'].split()[:6])
