@@ -161,3 +161,30 @@ def test_ranks_on_one_node_share_the_cpus(monkeypatch):
     assert default_threads() == 4
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert default_threads() is None  # one process: TensorFlow's own pool
+
+
+@pytest.mark.parametrize("keep_missing", [False, True])
+def test_the_tf_data_dataset_and_the_torch_batches_are_the_same_batches(id_dataset, minilm_tokenizer, keep_missing):
+    from kubefusion.data.pipeline import build_dataset
+
+    root = id_dataset(11, seed=3)
+    if keep_missing:
+        (root / "images" / "r004.png").unlink()
+    records = scan(DataConfig(path="unused", missing_modality="keep" if keep_missing else "drop"), root).records
+    encoded = encode_records(records, tokenizer=minilm_tokenizer, max_tokens=6)
+    blanks = 0
+    for rank, skip in ((0, 0), (1, 0), (1, 1)):
+        options = dict(image_size=4, batch_size=4, seed=7, epoch=2, rank=rank, world_size=2, skip_batches=skip)
+        from_torch = list(torch_batches(encoded, **options))
+        from_tf = [{k: v.numpy() for k, v in batch.items()} for batch in build_dataset(encoded, **options)]
+        assert len(from_torch) == len(from_tf) == 2 - skip  # 11 records over 2 ranks: 6 each, batches of 4
+        for ours, theirs in zip(from_torch, from_tf):
+            assert set(ours) == set(theirs) == set(BATCH_KEYS)
+            for key in BATCH_KEYS:
+                assert ours[key].numpy().dtype == theirs[key].dtype, key
+                np.testing.assert_array_equal(ours[key].numpy(), theirs[key], err_msg=key)
+            for row, index in enumerate(ours["index"].tolist()):
+                if keep_missing and skip == 0 and encoded.ids[index] == "r004":
+                    blanks += 1
+                    assert ours["image"][row].sum() == 0 and not ours["modality_mask"][row, 0]
+    assert blanks == (1 if keep_missing else 0)

@@ -55,6 +55,39 @@ def test_a_background_write_saves_the_state_as_it_was_when_submitted(tmp_path, m
     assert saved["model"]["w"].tolist() == [7.0, 7.0]
 
 
+def test_the_final_model_file_is_written_after_its_checkpoint_from_the_state_as_submitted(tmp_path, monkeypatch):
+    release, write_model = threading.Event(), ckpt.write_model_file
+    seen = []
+
+    def slow_disk(path, state):
+        assert release.wait(10)
+        seen.append([p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")])
+        return write_model(path, state)
+
+    monkeypatch.setattr(ckpt, "write_model_file", slow_disk)
+    writer = ckpt.BackgroundWriter()
+    state = payload(9)
+    writer.submit(tmp_path / "checkpoints", state, keep=3, model_file=tmp_path / "model.pt")
+    state["model"]["w"].add_(100.0)
+    release.set()
+    assert writer.close() == 9
+    assert seen == [["step-000000009.pt"]]  # the checkpoint was on disk before the model file was started
+    model, _ = ckpt.read_model_file(tmp_path)
+    assert model["model"]["w"].tolist() == [9.0, 9.0] and model["step"] == 9
+    assert not {"optimizer", "scaler", "scheduler"} & set(model)
+
+
+def test_checkpoints_load_and_leave_torchs_process_wide_save_settings_as_they_were(tmp_path):
+    from torch.utils.serialization import config
+
+    assert config.save.compute_crc32
+    ckpt.save_checkpoint(tmp_path, payload(3), keep=3)
+    ckpt.write_model_file(tmp_path / "model.pt", payload(3))
+    assert config.save.compute_crc32  # another torch.save in the process still gets its CRC-32
+    assert ckpt.read_model_file(tmp_path)[0]["model"]["w"].tolist() == [3.0, 3.0]
+    assert ckpt.load_latest_checkpoint(tmp_path)[0]["step"] == 3
+
+
 def test_a_failed_background_write_is_raised_on_the_training_thread(tmp_path, monkeypatch):
     def full_disk(directory, state, *, keep):
         raise OSError(28, "No space left on device")

@@ -311,3 +311,22 @@ def test_checkpoints_are_written_beside_the_steps_and_each_is_reported(tmp_path,
         "step-000000004.pt", "step-000000003.pt", "step-000000002.pt"]  # on disk when train_stage returns
     assert progress.checkpoints == [("fused", 1), ("fused", 2), ("fused", 3), ("fused", 4)]
     assert len(writers) == 4 and all(name.startswith("kubefusion-checkpoint") for name in writers)
+
+
+def test_the_model_file_holds_the_trained_weights_whether_trained_now_or_before(tmp_path, monkeypatch):
+    writes, write = [], ckpt.write_model_file
+
+    def recording_write(path, state):
+        writes.append(threading.current_thread().name)
+        return write(path, state)
+
+    monkeypatch.setattr(ckpt, "write_model_file", recording_write)
+    model = run_stage(tmp_path, "fp32")
+    saved = ckpt.read_model_file(tmp_path)[0]
+    assert saved["step"] == 2 and "optimizer" not in saved
+    assert all(torch.equal(saved["model"][k], v) for k, v in model.state_dict().items())
+    assert len(writes) == 1 and writes[0].startswith("kubefusion-checkpoint")  # beside the last checkpoint
+
+    (tmp_path / ckpt.MODEL_FILE).unlink()
+    run_stage(tmp_path, "fp32")  # already trained: nothing to train, the model file is written again
+    assert ckpt.read_model_file(tmp_path)[0]["step"] == 2 and len(writes) == 2

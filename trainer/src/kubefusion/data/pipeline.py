@@ -29,7 +29,8 @@ Missing modalities (``missingModality: keep``): the image is zeros, the text is 
 
 Images are read and decoded by TensorFlow in parallel (AUTOTUNE), resized to ``image_size`` uint8 with
 :mod:`kubefusion.data.images` (the same ops serving uses); tokens, numbers and labels are gathered per batch from
-the pre-tokenized arrays. Batches reach torch through ``torch.from_numpy`` on the arrays TF hands back: no copy.
+the pre-tokenized arrays (by :func:`torch_batches`, in Python: tf.data keeps the epoch's order, so batch k holds
+its records k*B .. k*B+B-1). Images reach torch through ``torch.from_numpy`` on the arrays TF hands back: no copy.
 """
 
 from __future__ import annotations
@@ -167,59 +168,89 @@ def build_dataset(
     mid-epoch checkpoint); the batches after it are the same as without skipping. ``threads``: a private thread
     pool of that size for this pipeline. By default TensorFlow's shared pool is used, except under torchrun with
     several ranks on a node (``LOCAL_WORLD_SIZE`` > 1): then each rank gets the node's CPUs divided by the ranks
-    (at least 4), so the ranks share the cores instead of each starting a pool as large as the node."""
-    from kubefusion.data._tf import tensorflow  # noqa: PLC0415
+    (at least 4), so the ranks share the cores instead of each starting a pool as large as the node.
 
-    tf = tensorflow()
-    encoded = _encoded(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0 (got {batch_size})")
-    rows, valid = epoch_indices(len(encoded), rank=rank, world_size=world_size, seed=seed, epoch=epoch,
-                                shuffle=shuffle)
-    rows, valid = rows[skip_batches * batch_size:], valid[skip_batches * batch_size:]
-    tokens = encoded.max_tokens
-    width = encoded.numeric.shape[1]
+    :func:`torch_batches` (what training reads) yields the same batches without this dataset's last stage: it
+    gathers the columns in Python instead of in a ``tf.numpy_function``."""
+    tf = _tf()
+    plan = _EpochPlan.of(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric,
+                         batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, epoch=epoch,
+                         shuffle=shuffle, skip_batches=skip_batches)
+    tokens, width = plan.encoded.max_tokens, plan.encoded.numeric.shape[1]
 
-    def load(row: Any, path: Any, is_valid: Any) -> dict[str, Any]:
-        image = tf.cond(
-            tf.strings.length(path) > 0,
-            lambda: decode_and_resize(tf.io.read_file(path), image_size),
-            lambda: tf.zeros([image_size, image_size, 3], tf.uint8),
-        )
-        return {"index": row, "image": image, "valid": is_valid}
-
-    def gather(rows_np: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (
-            encoded.input_ids[rows_np].astype(np.int64),
-            encoded.attention_mask[rows_np].astype(np.int64),
-            encoded.numeric[rows_np],
-            encoded.label[rows_np],
-            encoded.modality_mask[rows_np],
-        )
-
-    def columns(batch: dict[str, Any]) -> dict[str, Any]:
+    def columns(images: Any, rows: Any, valid: Any) -> dict[str, Any]:
         ids, attention, numeric, label, mask = tf.numpy_function(
-            gather, [batch["index"]], [tf.int64, tf.int64, tf.float32, tf.int64, tf.bool], stateful=False
-        )
+            lambda r: tuple(plan.columns(r).values()), [rows], [tf.int64, tf.int64, tf.float32, tf.int64, tf.bool],
+            stateful=False)
         ids.set_shape([None, tokens])
         attention.set_shape([None, tokens])
         numeric.set_shape([None, width])
         label.set_shape([None])
         mask.set_shape([None, 3])
-        return {**batch, "input_ids": ids, "attention_mask": attention, "numeric": numeric, "label": label,
-                "modality_mask": mask}
+        return {"index": rows, "image": images, "valid": valid, "input_ids": ids, "attention_mask": attention,
+                "numeric": numeric, "label": label, "modality_mask": mask}
 
-    ds = tf.data.Dataset.from_tensor_slices((rows, encoded.image_paths[rows].astype(bytes), valid))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(columns, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    threads = threads or default_threads()
-    if threads:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = threads
-        ds = ds.with_options(options)
-    return ds
+    positions = tf.data.Dataset.from_tensor_slices((plan.rows, plan.valid)).batch(batch_size)
+    ds = tf.data.Dataset.zip((plan.images(image_size, threads), positions))
+    ds = ds.map(lambda images, rows_valid: columns(images, *rows_valid))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class _EpochPlan:
+    """One rank's epoch: which records, in which order, in batches of ``batch_size``."""
+
+    encoded: EncodedRecords
+    rows: np.ndarray
+    """int64: positions in ``encoded``, in the order this rank reads them (after ``skip_batches``)."""
+    valid: np.ndarray
+    """bool: False for the padding repeats."""
+    batch_size: int
+
+    @classmethod
+    def of(cls, records: Sequence[Record] | EncodedRecords, *, batch_size: int, tokenizer: Any = None,
+           max_tokens: int | None = None, num_numeric: int | None = None, rank: int = 0, world_size: int = 1,
+           seed: int = 0, epoch: int = 0, shuffle: bool = True, skip_batches: int = 0) -> "_EpochPlan":
+        encoded = _encoded(records, tokenizer=tokenizer, max_tokens=max_tokens, num_numeric=num_numeric)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0 (got {batch_size})")
+        rows, valid = epoch_indices(len(encoded), rank=rank, world_size=world_size, seed=seed, epoch=epoch,
+                                    shuffle=shuffle)
+        start = skip_batches * batch_size
+        return cls(encoded, rows[start:], valid[start:], batch_size)
+
+    def images(self, image_size: int, threads: int | None) -> Any:
+        """A ``tf.data.Dataset`` of uint8 [B, image_size, image_size, 3] batches, in this plan's order: read +
+        decode + resize mapped in parallel over the records, nothing else per record (its order is kept, so
+        batch k holds ``rows[k * B:(k + 1) * B]``)."""
+        tf = _tf()
+        paths = self.encoded.image_paths[self.rows].astype(bytes)
+
+        def load(path: Any) -> Any:
+            return decode_and_resize(tf.io.read_file(path), image_size)
+
+        def load_or_blank(path: Any) -> Any:
+            return tf.cond(tf.strings.length(path) > 0, lambda: load(path),
+                           lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
+
+        # The branch only where some record has no image (``missingModality: keep``).
+        every_image = bool(np.all(paths != b""))
+        ds = tf.data.Dataset.from_tensor_slices(paths)
+        ds = ds.map(load if every_image else load_or_blank, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        threads = threads or default_threads()
+        if threads:
+            options = tf.data.Options()
+            options.threading.private_threadpool_size = threads
+            ds = ds.with_options(options)
+        return ds
+
+    def columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The pre-tokenized columns of ``rows``, widened to what the model takes."""
+        e = self.encoded
+        return {"input_ids": e.input_ids[rows].astype(np.int64),
+                "attention_mask": e.attention_mask[rows].astype(np.int64),
+                "numeric": e.numeric[rows], "label": e.label[rows], "modality_mask": e.modality_mask[rows]}
 
 
 def default_threads() -> int | None:
@@ -237,14 +268,32 @@ def default_threads() -> int | None:
     return max(4, cpus // local_ranks)  # at least 4: reads block on I/O, not only on CPU
 
 
-def torch_batches(records: Sequence[Record] | EncodedRecords, **options: Any) -> Iterator[dict[str, Any]]:
-    """The batches of :func:`build_dataset` (same keyword arguments) as dicts of CPU ``torch.Tensor``;
-    move them with ``.to(device, non_blocking=True)``."""
+def torch_batches(records: Sequence[Record] | EncodedRecords, *, image_size: int, threads: int | None = None,
+                  **options: Any) -> Iterator[dict[str, Any]]:
+    """The batches of :func:`build_dataset` (same arguments) as dicts of CPU ``torch.Tensor``; move them with
+    ``.to(device, non_blocking=True)``.
+
+    tf.data reads and decodes the images, in order; the other columns are gathered here, one numpy gather per
+    batch from the epoch's order, rather than in a ``tf.numpy_function`` stage (a Python call on a TensorFlow
+    thread per batch, and every record's position and flag carried through tf.data as two more tensors)."""
     import torch  # noqa: PLC0415 (only training imports torch; validate must not)
 
-    for batch in build_dataset(records, **options):
+    plan = _EpochPlan.of(records, **options)
+    for k, images in enumerate(plan.images(image_size, threads)):
+        at = slice(k * plan.batch_size, (k + 1) * plan.batch_size)
+        rows = plan.rows[at]
+        if len(rows) != images.shape[0]:  # the map keeps its order (deterministic), so this cannot happen
+            raise RuntimeError(f"input pipeline out of step: batch {k} has {images.shape[0]} images for "
+                               f"{len(rows)} records")
         # EagerTensor.numpy() shares the tensor's buffer; from_numpy shares the array's: no copy either way.
-        yield {key: torch.from_numpy(batch[key].numpy()) for key in BATCH_KEYS}
+        batch = {"image": images.numpy(), **plan.columns(rows), "valid": plan.valid[at].copy(), "index": rows.copy()}
+        yield {key: torch.from_numpy(batch[key]) for key in BATCH_KEYS}
+
+
+def _tf() -> Any:
+    from kubefusion.data._tf import tensorflow  # noqa: PLC0415 (lazy: validate --help must not pay for it)
+
+    return tensorflow()
 
 
 def _encoded(

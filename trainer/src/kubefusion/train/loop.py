@@ -207,11 +207,20 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
     # Rank 0 writes checkpoints on a background thread: the steps go on while one is serialised and synced.
     writer = ckpt.BackgroundWriter() if rt.is_main else None
 
+    model_file = stage_model_path(session.output, stage)
+    model_file_submitted = False
+
     def save(next_epoch: int, next_batch: int) -> None:
+        nonlocal model_file_submitted
         report.flush(to_disk=True)  # every step logged so far is on disk before the checkpoint that resumes after it
         if writer is not None:
+            # The last epoch's checkpoint holds the trained model: the model file is written from the same
+            # host copy, after it, on the writer's thread (overlapping the validation below).
+            last = next_epoch >= training.epochs
             report.checkpointed(writer.submit(checkpoints, snapshot(next_epoch, next_batch),
-                                              keep=training.keep_checkpoints))
+                                              keep=training.keep_checkpoints,
+                                              model_file=model_file if last else None))
+            model_file_submitted = last
         barrier()
 
     def optimizer_step(stream, micro_batches: int) -> StepResult:
@@ -285,11 +294,11 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
             writer.drain()  # the checkpoint being written holds a valid state: let it reach the disk
         raise
     if writer is not None:
-        report.checkpointed(writer.close())  # the last checkpoint is on disk before model.pt and the return
+        report.checkpointed(writer.close())  # the last checkpoint, then the model file, are on disk on return
     report.close()
 
-    if rt.is_main:
-        ckpt.write_model_file(stage_model_path(session.output, stage), snapshot(epoch, 0))
+    if rt.is_main and not model_file_submitted:  # a stage that had finished before this run: its model file anew
+        ckpt.write_model_file(model_file, snapshot(epoch, 0))
     barrier()
     model.eval()
     return model
