@@ -33,8 +33,8 @@ from typing import Any, NoReturn
 import kopf
 from kubernetes.client.rest import ApiException
 
-from kubefusion_operator import api, kube, metrics
-from kubefusion_operator import progress_handlers  # noqa: F401  (registers the progress endpoint with kopf)
+from kubefusion_operator import api, kopf_storage, kube, metrics
+from kubefusion_operator import progress_handlers
 from kubefusion_operator.api import ConditionType, Phase, Reason
 from kubefusion_operator.backends import BACKENDS, Backend, choose, unavailable_message
 from kubefusion_operator.builders import build_configmap, with_image
@@ -49,9 +49,9 @@ STATUS_WRITE_ATTEMPTS = 8
 CHILD_REJECTED = "ChildRejected"
 """SpecValid=False reason: the API refused a child object the spec produced (422 from a webhook or schema)."""
 
-KOPF_MARKER = "kubefusion.io/kopf-managed"
-"""kopf writes this annotation (its storages' prefix, below) with its first record of a job: handled, or to be
-retried."""
+DIFFBASE = kopf_storage.MemoryDiffBaseStorage()
+PROGRESS = kopf_storage.MemoryProgressStorage()
+"""kopf's memory of each job (last handled spec, handler progress): in this process, not in annotations."""
 
 OPTIONS = Options.from_env()
 
@@ -81,10 +81,9 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = api.MANAGER_NAME
     settings.posting.event_name_prefix = "kubefusion-"
-    # kopf's bookkeeping lives in annotations under our prefix, not in status (which the CRD schema owns).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubefusion.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kubefusion.io", key="last-handled-configuration")
+    # kopf's bookkeeping stays in this process: no annotation write per handled change (kopf_storage).
+    settings.persistence.progress_storage = PROGRESS
+    settings.persistence.diffbase_storage = DIFFBASE
     settings.persistence.finalizer = "kubefusion.io/finalizer"
     # A watch that silently stalls is ended by the server, or by the client a little later, and reopened.
     settings.watching.server_timeout = OPTIONS.watch_timeout_seconds
@@ -122,25 +121,35 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 # job; this loop costs one task and adds no finalizer.
 _RESYNC: dict[str, Any] = {}
 RESYNC_LOG = logging.getLogger("kubefusion_operator.resync")
+UNFINISHED: dict[tuple[str, str], kopf.Body] = {}
+"""The jobs the resync loop visits, by (namespace, name), each with its latest body from the watch."""
 
 
-# The indexer and count_phase run for every event of every job and never block: async, so kopf runs them on its
-# event loop instead of queueing them for a worker thread behind the reconciliations (a burst of new jobs would
-# otherwise wait for a worker three times before its reconciliation is even queued).
-@kopf.index(*MTJ)
-async def unfinished_jobs(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status,
-                          **_: Any) -> dict[Any, Any]:
-    """The jobs the resync loop visits, with their latest body (kopf keeps it current from the watch events):
-    unfinished ones that kopf has handled once. A job kopf has not got to yet is its create handler's; a resync
-    of it would only race that handler (both creating, one adopting) when many jobs arrive at once."""
+# Every event of every job passes here, so it is one handler (kopf's per-handler overhead is paid once) and async:
+# kopf runs it on its event loop, never queued for a worker thread behind the reconciliations.
+@kopf.on.event(*MTJ)
+async def observe_job(event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str, uid: str,
+                      status: kopf.Status, **_: Any) -> None:
+    """Keep what the operator knows of every job true to the API: ``kubefusion_operator_jobs{phase}``, the
+    unfinished jobs the resync visits, what the progress endpoint knows, and (once deleted) nothing."""
     # The context kopf handles jobs in: the resync loop posts its Events through it (startup handlers have none).
-    _RESYNC.setdefault("context", contextvars.copy_context())
-    return {(namespace, name): body} if _unfinished(status) and KOPF_MARKER in meta.annotations else {}
+    if "context" not in _RESYNC:
+        _RESYNC["context"] = contextvars.copy_context()
+    key, deleted = (namespace, name), event.get("type") == "DELETED"
+    if deleted:
+        DIFFBASE.forget(uid)
+        PROGRESS.forget(uid)
+    if not deleted and _unfinished(status):
+        UNFINISHED[key] = body
+    else:
+        UNFINISHED.pop(key, None)
+    metrics.JOBS.record(namespace, name, None if deleted else status.get("phase") or Phase.PENDING.value)
+    progress_handlers.observe(key, None if deleted else body)
 
 
 @kopf.on.startup()
-async def start_resync(unfinished_jobs: kopf.Index, settings: kopf.OperatorSettings, **_: Any) -> None:
-    _RESYNC["task"] = asyncio.create_task(_resync_forever(unfinished_jobs, settings))
+async def start_resync(settings: kopf.OperatorSettings, **_: Any) -> None:
+    _RESYNC["task"] = asyncio.create_task(_resync_forever(UNFINISHED, settings))
 
 
 @kopf.on.cleanup()
@@ -152,7 +161,7 @@ async def stop_resync(**_: Any) -> None:
             await task
 
 
-async def _resync_forever(jobs: kopf.Index, settings: kopf.OperatorSettings) -> None:
+async def _resync_forever(jobs: dict[tuple[str, str], kopf.Body], settings: kopf.OperatorSettings) -> None:
     """Every ``--resync-seconds``, reconcile each unfinished job once, at evenly spread moments of the period
     in a random order (many jobs resumed together do not all resync in the same second). A job whose previous
     resync still runs is skipped, so a slow API server is not queued up on."""
@@ -166,16 +175,24 @@ async def _resync_forever(jobs: kopf.Index, settings: kopf.OperatorSettings) -> 
             await asyncio.sleep(gap)
         for key in keys:
             await asyncio.sleep(gap)
-            store = jobs.get(key)
-            if not store or key in running:
+            body = jobs.get(key)
+            if body is None or key in running:
+                continue
+            job = _plain(body)
+            if not handled_by_kopf(job):
                 continue
             running.add(key)
             # kopf's own thread pool for sync handlers (--workers), read each time: configure() may replace it;
             # in a copy of a handler's context, where kopf.info/event find kopf's Event queue.
             context = _RESYNC.get("context") or contextvars.copy_context()
-            future = loop.run_in_executor(settings.execution.executor, context.copy().run, resync,
-                                          _plain(next(iter(store))))
+            future = loop.run_in_executor(settings.execution.executor, context.copy().run, resync, job)
             future.add_done_callback(lambda _, key=key: running.discard(key))
+
+
+def handled_by_kopf(job: dict[str, Any]) -> bool:
+    """Whether kopf has handled the job once. One it has not got to yet is its create handler's: a resync would
+    only race that handler (both creating, one adopting) when many jobs arrive at once."""
+    return DIFFBASE.handled(job["metadata"].get("uid") or "")
 
 
 def resync(job: dict[str, Any]) -> None:
@@ -190,17 +207,34 @@ def resync(job: dict[str, Any]) -> None:
             logger.warning(f"Resync of {meta['namespace']}/{meta['name']} failed: {e}")
 
 
+class _MadeBefore(Exception):
+    """A new job's ConfigMap or child already exists: an earlier run made it and its status write was lost."""
+
+
 def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> None:
+    """A job without any status is new: nothing was recorded for it, so its children are created without
+    reading first and its status is written from the event's body and the child just made (three requests,
+    not seven: what a burst of new jobs waits on). Should anything turn out to exist already, the full
+    reconciliation reads it all and adopts."""
+    if not job.get("status"):
+        try:
+            return _reconcile_once(job, retry=retry, logger=logger, new=True)
+        except _MadeBefore:
+            pass
+    _reconcile_once(job, retry=retry, logger=logger, new=False)
+
+
+def _reconcile_once(job: dict[str, Any], *, retry: int, logger: logging.Logger, new: bool) -> None:
     meta, spec = job["metadata"], job.get("spec") or {}
     namespace, name = meta["namespace"], meta["name"]
     backend: Backend | None = None
     try:
         # A child of this name that is not this job's (an earlier job's, still being deleted) must not lend us
         # its applied spec or its status: _claim waits for it to go, or adopts an orphan made for this job.
-        backend, child = _find_child(job)
+        backend, child = _find_child(job, new=new)
         # Without a child, whether one was ever made is read from the job as it is now: the body this handler got
-        # may predate the status write that recorded it.
-        latest = (_read_or_none(kube.get_job, namespace, name) or job) if child is None else job
+        # may predate the status write that recorded it (a new job's has nothing of the kind to predate).
+        latest = (_read_or_none(kube.get_job, namespace, name) or job) if child is None and not new else job
         status = latest.get("status") or {}
         if child is None and (_recorded_backend(status) or phase_of(status) in (Phase.SUCCEEDED, Phase.FAILED)):
             # Finished and removed (ttlSecondsAfterFinished), or lost before the end: never train again. A child
@@ -227,16 +261,23 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         # A job whose child exists runs from the ConfigMap as first written: rendered from the applied spec and
         # never rewritten (an operator upgrade that renders job.yaml differently must not change what a running
         # or restarting pod reads).
-        if _ensure_configmap(job, applied if applied is not None else spec, keep_data=child is not None):
+        if _ensure_configmap(job, applied if applied is not None else spec, keep_data=child is not None, new=new):
             created.append(f"ConfigMap {api.config_map_name(name)}")
-        child, made = _ensure_child(job, backend, spec, child, retry=retry)
+        child, made = _ensure_child(job, backend, spec, child, retry=retry, new=new)
         if made:
             created.append(f"{backend.kind} {name}")
         workload = _ensure_workload_active(spec, child)
         # The child is read inside the write, after the job: a mirror write in between makes the patch a 409 (and
         # a new attempt), where a child read before the job would overwrite that newer status with an older one.
-        _write_status(namespace, name, lambda current: _status(current, backend, _fresh(backend, child, job),
-                                                               applied=meta.get("generation") or 1, workload=workload))
+        # A new job's first attempt is written against the event's body, older than the child just made: any
+        # mirror write since then makes it a 409 too, so that child is as fresh as it needs to be.
+        just_made = [child] if new and made else []
+
+        def compute(current: dict[str, Any]) -> dict[str, Any]:
+            fresh = just_made.pop() if just_made else _fresh(backend, child, job)
+            return _status(current, backend, fresh, applied=meta.get("generation") or 1, workload=workload)
+
+        _write_status(namespace, name, compute, first=job if new else None)
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
@@ -253,11 +294,12 @@ def _reconcile(job: dict[str, Any], *, retry: int, logger: logging.Logger) -> No
         raise outcome from e
 
 
-def _find_child(job: dict[str, Any]) -> tuple[Backend | None, dict[str, Any] | None]:
+def _find_child(job: dict[str, Any], *, new: bool = False) -> tuple[Backend | None, dict[str, Any] | None]:
     """The backend this job runs on and its child, read from the API. The recorded backend (``status.backend``)
     when there is one; else every backend the job may use is looked at, so that a child whose creation was not
     recorded (a status write lost to a crash) is found and adopted instead of being made twice, possibly on the
-    other backend. ``(None, None)`` before any child exists."""
+    other backend. ``(None, None)`` before any child exists. A ``new`` job with a single possible backend is not
+    looked up: creating its child answers 409 if it exists (:class:`_MadeBefore`)."""
     meta = job["metadata"]
     recorded = _recorded_backend(job.get("status") or {})
     requested = BACKENDS.get((job.get("spec") or {}).get("backend") or "")
@@ -265,6 +307,8 @@ def _find_child(job: dict[str, Any]) -> tuple[Backend | None, dict[str, Any] | N
     # that lasts seconds, so a burst of new jobs costs no extra request).
     candidates = [recorded] if recorded else [requested] if requested else [
         backend for backend in BACKENDS.values() if kube.served(backend)]
+    if new and len(candidates) <= 1:
+        return None, None
     for backend in candidates:
         child = _read_or_none(functools.partial(kube.get_child, backend), meta["namespace"], meta["name"])
         if child is not None:
@@ -479,9 +523,9 @@ def _claim(child: dict[str, Any], job: dict[str, Any], kind: str,
     return patch(meta["namespace"], child_meta["name"], {"metadata": {"ownerReferences": adopted}})
 
 
-def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: bool) -> bool:
+def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: bool, new: bool = False) -> bool:
     """Create the ConfigMap from ``spec`` (image resolved), or adopt and update it (its data only when not
-    ``keep_data``). True when it was created."""
+    ``keep_data``). True when it was created. For a ``new`` job an existing one raises :class:`_MadeBefore`."""
     desired = build_configmap(spec, job["metadata"])
     namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     # A job that has no child yet almost never has its ConfigMap either: create it straight away (one request,
@@ -495,6 +539,8 @@ def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: b
         except ApiException as e:
             if e.status != 409:
                 raise
+            if new:
+                raise _MadeBefore from e
             existing = kube.get_configmap(namespace, name)  # made before (another run, or by hand): adopt it
     existing = _claim(existing, job, "ConfigMap", kube.patch_configmap)
     labels = existing["metadata"].get("labels") or {}
@@ -509,7 +555,7 @@ def _ensure_configmap(job: dict[str, Any], spec: dict[str, Any], *, keep_data: b
 
 
 def _ensure_child(job: dict[str, Any], backend: Backend, spec: dict[str, Any], existing: dict[str, Any] | None, *,
-                  retry: int) -> tuple[dict[str, Any], bool]:
+                  retry: int, new: bool = False) -> tuple[dict[str, Any], bool]:
     """Create the backend's child from ``spec`` (the job's, image resolved), or bring an existing one's mutable
     fields in line (the backend's patch: ``suspend`` when the user changed it, the run-policy limits a PyTorchJob
     takes). The applied-spec annotation records ``spec`` with its resolved image."""
@@ -529,6 +575,8 @@ def _ensure_child(job: dict[str, Any], backend: Backend, spec: dict[str, Any], e
                                                               OPTIONS.training_runtime), retry=retry)
             if e.status != 409:
                 raise
+            if new:
+                raise _MadeBefore from e
             existing = _claim(kube.get_child(backend, meta["namespace"], meta["name"]), job, backend.kind,
                               functools.partial(kube.patch_child, backend), records_spec=True)
     previous = _applied_spec(existing)
@@ -561,11 +609,14 @@ def _ensure_workload_active(spec: dict[str, Any], child: dict[str, Any]) -> dict
 # ------------------------------------------------------------------------------------------- status
 
 
-def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Read the job, compute its new status, write what changed; on a concurrent write (409), again."""
+def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]], dict[str, Any]], *,
+                  first: dict[str, Any] | None = None) -> None:
+    """Read the job, compute its new status, write what changed; on a concurrent write (409), again. ``first``:
+    the job as the caller has it, for the first attempt instead of a read (its resourceVersion guards the
+    write just as well)."""
     for _ in range(STATUS_WRITE_ATTEMPTS):
         try:
-            current = kube.get_job(namespace, name)
+            current, first = first or kube.get_job(namespace, name), None
         except kube.NotFound:
             return  # deleted meanwhile: nothing to report on
         old, new = current.get("status") or {}, compute(current)
@@ -623,10 +674,3 @@ for _backend in BACKENDS.values():
     # One watch per backend, each only on children labelled for a job; kopf starts it once the CRD exists.
     kopf.on.event(_backend.group, _backend.version, _backend.plural, labels={api.LABEL_JOB_NAME: kopf.PRESENT},
                   id=f"mirror_{_backend.plural}")(functools.partial(mirror_child, _backend))
-
-
-@kopf.on.event(*MTJ)
-async def count_phase(event: kopf.RawEvent, name: str, namespace: str, status: kopf.Status, **_: Any) -> None:
-    """Keep ``kubefusion_operator_jobs{phase}`` true to what the API says (also for deletions)."""
-    deleted = event.get("type") == "DELETED"
-    metrics.JOBS.record(namespace, name, None if deleted else status.get("phase") or Phase.PENDING.value)

@@ -16,7 +16,6 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from kubefusion_operator import api
 from kubefusion_operator.options import Options
 from kubefusion_operator.progress_server import ProgressServer, ProgressStore, TokenAuthenticator
 
@@ -59,14 +58,13 @@ async def stop_progress_endpoint(**_: Any) -> None:
         SERVER = None
 
 
-@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def observe_progress(event: kopf.RawEvent, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-    """What the resource shows (phase, progress, spec) feeds the stale check; a deleted job is forgotten."""
+def observe(key: tuple[str, str], body: kopf.Body | None) -> None:
+    """What the resource shows (phase, progress, spec) feeds the stale check; a deleted job (None) is forgotten.
+    Called for every event of every job (:func:`kubefusion_operator.handlers.observe_job`)."""
     if SERVER is None:
         return
-    if event.get("type") == "DELETED":
-        SERVER.store.observe((namespace, name), None)
-        return
-    plain = json.loads(json.dumps({"status": body.get("status") or {}, "spec": body.get("spec") or {}},
-                                  default=dict))
-    SERVER.store.observe((namespace, name), plain)
+    if body is None:
+        SERVER.store.observe(key, None)
+    elif SERVER.store.wants(key, body.get("status") or {}):
+        SERVER.store.observe(key, json.loads(json.dumps({"status": body.get("status") or {},
+                                                          "spec": body.get("spec") or {}}, default=dict)))

@@ -113,6 +113,12 @@ class ProgressStore:
             job.sequence += 1
             job.stale_marked = False
 
+    def wants(self, key: Key, status: Any) -> bool:
+        """Whether :meth:`observe` would keep anything of a job with this status (most jobs, most of the time:
+        not): a job it knows, or one that shows progress."""
+        with self._lock:
+            return key in self._jobs or bool(status.get("progress"))
+
     def observe(self, key: Key, body: dict[str, Any] | None) -> None:
         """The job as a watch event shows it (None: deleted). A finished job with nothing left to write, and a
         job that never showed progress, are not kept."""

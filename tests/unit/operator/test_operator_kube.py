@@ -75,13 +75,24 @@ def test_built_in_objects_are_read_without_the_typed_core_api() -> None:
 
 
 def test_the_resync_leaves_a_job_kopf_has_not_handled_to_kopf() -> None:
-    def index(annotations: dict[str, str], status: dict[str, Any]) -> dict[Any, Any]:
-        body = kopf.Body({"metadata": {"namespace": "ml", "name": "new", "annotations": annotations},
-                          "spec": {}, "status": status})
-        return asyncio.run(handlers.unfinished_jobs(namespace="ml", name="new", body=body, meta=body.meta,
-                                                    status=body.status))
+    def body(status: dict[str, Any]) -> kopf.Body:
+        return kopf.Body({"metadata": {"namespace": "ml", "name": "new", "uid": "uid-new"}, "spec": {"x": 1},
+                          "status": status})
 
-    assert index({}, {}) == {}  # just created: its create handler is on it
-    handled = {handlers.KOPF_MARKER: "yes"}
-    assert list(index(handled, {"phase": "Pending"})) == [("ml", "new")]
-    assert index(handled, {"phase": "Succeeded"}) == {}  # finished: nothing to resync
+    def observe(status: dict[str, Any], kind: str = "MODIFIED") -> list[Any]:
+        job = body(status)
+        asyncio.run(handlers.observe_job(event={"type": kind, "object": dict(job)}, body=job, name="new",
+                                         namespace="ml", uid="uid-new", status=job.status))
+        return list(handlers.UNFINISHED)
+
+    assert observe({}, "ADDED") == [("ml", "new")] and observe({"phase": "Pending"}) == [("ml", "new")]
+    assert observe({"phase": "Succeeded"}) == []  # finished: nothing to resync
+    assert observe({"phase": "Running"}) == [("ml", "new")] and observe({"phase": "Running"}, "DELETED") == []
+    job = {"metadata": {"uid": "uid-new"}}
+    assert not handlers.handled_by_kopf(job)  # just created: its create handler is on it
+    handlers.DIFFBASE.store(body=body({}), patch=kopf.Patch(), essence=handlers.DIFFBASE.build(body=body({})))
+    try:
+        assert handlers.handled_by_kopf(job)
+    finally:
+        handlers.DIFFBASE.forget("uid-new")
+    assert not handlers.handled_by_kopf(job)
