@@ -19,6 +19,9 @@ ONLY_FOR_ADMISSION = {('kubefusion.io/multimodaltrainjobs/finalizers', 'update')
 """Checked by the OwnerReferencesPermissionEnforcement admission plugin (blockOwnerDeletion), not by requests."""
 PROGRESS_REPORTS = {('authentication.k8s.io/tokenreviews', 'create'), ('/pods', 'get')}
 """Used when a trainer posts a progress report, which this scenario does not do."""
+DELAYED_RETRIES = {('kubefusion.io/multimodaltrainjobs', 'patch')}
+"""kopf wakes a handler it retries later (a backend not installed yet, a ChildConflict) by touching the job's
+annotations; nothing else patches a job (kopf's bookkeeping stays in memory), and nothing here is retried."""
 
 
 def rules() -> list[dict]:
@@ -100,7 +103,7 @@ def test_the_charts_role_is_enough_for_the_whole_job_and_all_of_it_is_used(
     used = {(resource(e), e['verb']) for e in requests}
     granted = {(f'{group}/{res}', verb) for rule in rules() for group in rule['apiGroups']
                for res in rule['resources'] for verb in rule['verbs']}
-    assert granted - used == ONLY_FOR_ADMISSION | PROGRESS_REPORTS
+    assert granted - used == ONLY_FOR_ADMISSION | PROGRESS_REPORTS | DELAYED_RETRIES
     assert not [e for e in requests if 'system:masters' in e.get('user', {}).get('groups', [])]
 
 

@@ -190,9 +190,11 @@ async def _resync_forever(jobs: dict[tuple[str, str], kopf.Body], settings: kopf
 
 
 def handled_by_kopf(job: dict[str, Any]) -> bool:
-    """Whether kopf has handled the job once. One it has not got to yet is its create handler's: a resync would
-    only race that handler (both creating, one adopting) when many jobs arrive at once."""
-    return DIFFBASE.handled(job["metadata"].get("uid") or "")
+    """Whether kopf has handled the job once: done with it, or to retry it. One it has not got to yet is its
+    create handler's: a resync would only race that handler (both creating, one adopting) when many jobs arrive
+    at once."""
+    uid = job["metadata"].get("uid") or ""
+    return DIFFBASE.handled(uid) or PROGRESS.known(uid)
 
 
 def resync(job: dict[str, Any]) -> None:

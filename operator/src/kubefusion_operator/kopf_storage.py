@@ -116,6 +116,11 @@ class MemoryProgressStorage(kopf.AnnotationsProgressStorage):
         self.remove_empty_stanzas(essence)
         return essence
 
+    def known(self, uid: str) -> bool:
+        """Whether kopf keeps progress of a handler for this job (one that is to be retried)."""
+        with self._lock:
+            return any(record[0] == uid for record in self._records)
+
     def forget(self, uid: str) -> None:
         with self._lock:
             for record in [record for record in self._records if record[0] == uid]:

@@ -90,9 +90,104 @@ def test_the_resync_leaves_a_job_kopf_has_not_handled_to_kopf() -> None:
     assert observe({"phase": "Running"}) == [("ml", "new")] and observe({"phase": "Running"}, "DELETED") == []
     job = {"metadata": {"uid": "uid-new"}}
     assert not handlers.handled_by_kopf(job)  # just created: its create handler is on it
+    handlers.PROGRESS.store(key="reconcile", record={"retries": 1}, body=body({}), patch=kopf.Patch())
+    assert handlers.handled_by_kopf(job)  # to be retried (held, or an API error)
     handlers.DIFFBASE.store(body=body({}), patch=kopf.Patch(), essence=handlers.DIFFBASE.build(body=body({})))
-    try:
-        assert handlers.handled_by_kopf(job)
-    finally:
-        handlers.DIFFBASE.forget("uid-new")
-    assert not handlers.handled_by_kopf(job)
+    handlers.PROGRESS.purge(key="reconcile", body=body({}), patch=kopf.Patch())
+    assert handlers.handled_by_kopf(job)  # done
+    asyncio.run(handlers.observe_job(event={"type": "DELETED"}, body=body({}), name="new", namespace="ml",
+                                     uid="uid-new", status=body({}).status))
+    assert not handlers.handled_by_kopf(job)  # deleted: forgotten
+
+
+@dataclass
+class Objects:
+    """The API as the reconciliation sees it: objects by (kind, name), and every call made, in order."""
+
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def read(self, kind: str) -> Any:
+        def get(*args: Any) -> dict[str, Any]:
+            self.calls.append(f"get {kind}")
+            if (kind, args[-1]) not in self.objects:
+                raise kube.NotFound(f"{kind} {args[-1]}")
+            return self.objects[(kind, args[-1])]
+        return get
+
+    def create(self, kind: str) -> Any:
+        def post(*args: Any) -> dict[str, Any]:
+            body = args[-1]
+            self.calls.append(f"create {kind}")
+            if (kind, body["metadata"]["name"]) in self.objects:
+                raise ApiException(status=409, reason="Conflict")
+            body = {**body, "metadata": {**body["metadata"], "uid": f"uid-{kind}", "resourceVersion": "1"}}
+            self.objects[(kind, body["metadata"]["name"])] = body
+            return body
+        return post
+
+    def patch(self, kind: str) -> Any:
+        def patch(*args: Any) -> dict[str, Any]:
+            self.calls.append(f"patch {kind}")
+            obj = self.objects[(kind, args[-2])]
+            obj["metadata"].update(args[-1].get("metadata", {}))
+            return obj
+        return patch
+
+
+@pytest.fixture
+def objects(monkeypatch: pytest.MonkeyPatch, api: Api) -> Objects:
+    cluster = Objects()
+    job = {"apiVersion": "kubefusion.io/v1alpha1", "kind": "MultimodalTrainJob",
+           "metadata": {"name": "products", "namespace": "ml", "uid": "uid-job", "resourceVersion": "5",
+                        "generation": 1},
+           "spec": {"image": "trainer:1", "data": {"path": "gs://bucket/products/"}}}
+    cluster.objects[("job", "products")] = job
+
+    def patch_status(namespace: str, name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+        cluster.calls.append("patch job/status")
+        current = cluster.objects[("job", name)]
+        if current["metadata"]["resourceVersion"] != resource_version:
+            raise ApiException(status=409, reason="Conflict")
+        current["status"] = {key: value for key, value in status.items() if value is not None}
+        current["metadata"]["resourceVersion"] = str(int(resource_version) + 1)
+        return current
+
+    monkeypatch.setattr(kube, "get_job", cluster.read("job"))
+    monkeypatch.setattr(kube, "patch_job_status", patch_status)
+    monkeypatch.setattr(kube, "get_child", cluster.read("pytorchjob"))
+    monkeypatch.setattr(kube, "create_child", cluster.create("pytorchjob"))
+    monkeypatch.setattr(kube, "patch_child", cluster.patch("pytorchjob"))
+    monkeypatch.setattr(kube, "get_configmap", cluster.read("configmap"))
+    monkeypatch.setattr(kube, "create_configmap", cluster.create("configmap"))
+    monkeypatch.setattr(kube, "patch_configmap", cluster.patch("configmap"))
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)
+    monkeypatch.setattr(kopf, "event", lambda *_, **__: None)
+    return cluster
+
+
+def reconcile_new(objects: Objects) -> dict[str, Any]:
+    import copy
+    import logging
+    handlers._reconcile(copy.deepcopy(objects.objects[("job", "products")]), retry=0,
+                        logger=logging.getLogger("test"))
+    return objects.objects[("job", "products")]
+
+
+def test_a_new_job_costs_three_writes_and_no_read(objects: Objects) -> None:
+    job = reconcile_new(objects)
+    assert objects.calls == ["create configmap", "create pytorchjob", "patch job/status"]
+    assert job["status"]["backend"] == "PyTorchJob" and job["status"]["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in job["status"]["conditions"]}["SpecValid"] == "True"
+
+
+def test_a_new_job_whose_status_write_was_lost_adopts_its_children_instead_of_making_them_twice(
+        objects: Objects) -> None:
+    reconcile_new(objects)
+    del objects.objects[("job", "products")]["status"]  # the earlier run died before recording anything
+    objects.calls.clear()
+    job = reconcile_new(objects)
+    # The ConfigMap's 409 says an earlier run got here: the full reconciliation reads and keeps what it made.
+    assert objects.calls[:2] == ["create configmap", "get pytorchjob"] and "create pytorchjob" not in objects.calls
+    assert [k for k in objects.objects if k[0] == "pytorchjob"] == [("pytorchjob", "products")]
+    assert job["status"]["backend"] == "PyTorchJob"
