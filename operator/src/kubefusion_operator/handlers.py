@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ctypes
+import ctypes.util
 import datetime
 import functools
 import json
@@ -121,8 +123,9 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 # job; this loop costs one task and adds no finalizer.
 _RESYNC: dict[str, Any] = {}
 RESYNC_LOG = logging.getLogger("kubefusion_operator.resync")
-UNFINISHED: dict[tuple[str, str], kopf.Body] = {}
-"""The jobs the resync loop visits, by (namespace, name), each with its latest body from the watch."""
+UNFINISHED: dict[tuple[str, str], dict[str, Any]] = {}
+"""The jobs the resync loop visits, by (namespace, name), each with its latest body from the watch (less
+``managedFields``, which a reconciliation never reads and which is the biggest part of a job's metadata)."""
 
 
 # Every event of every job passes here, so it is one handler (kopf's per-handler overhead is paid once) and async:
@@ -140,7 +143,8 @@ async def observe_job(event: kopf.RawEvent, body: kopf.Body, name: str, namespac
         DIFFBASE.forget(uid)
         PROGRESS.forget(uid)
     if not deleted and _unfinished(status):
-        UNFINISHED[key] = body
+        raw = dict(body)
+        UNFINISHED[key] = {**raw, "metadata": {k: v for k, v in raw["metadata"].items() if k != "managedFields"}}
     else:
         UNFINISHED.pop(key, None)
     metrics.JOBS.record(namespace, name, None if deleted else status.get("phase") or Phase.PENDING.value)
@@ -161,13 +165,14 @@ async def stop_resync(**_: Any) -> None:
             await task
 
 
-async def _resync_forever(jobs: dict[tuple[str, str], kopf.Body], settings: kopf.OperatorSettings) -> None:
+async def _resync_forever(jobs: dict[tuple[str, str], dict[str, Any]], settings: kopf.OperatorSettings) -> None:
     """Every ``--resync-seconds``, reconcile each unfinished job once, at evenly spread moments of the period
     in a random order (many jobs resumed together do not all resync in the same second). A job whose previous
     resync still runs is skipped, so a slow API server is not queued up on."""
     loop = asyncio.get_running_loop()
     running: set[Any] = set()
     while True:
+        release_free_memory()
         keys = list(jobs)
         random.shuffle(keys)
         gap = OPTIONS.resync_seconds / max(len(keys), 1)
@@ -187,6 +192,26 @@ async def _resync_forever(jobs: dict[tuple[str, str], kopf.Body], settings: kopf
             context = _RESYNC.get("context") or contextvars.copy_context()
             future = loop.run_in_executor(settings.execution.executor, context.copy().run, resync, job)
             future.add_done_callback(lambda _, key=key: running.discard(key))
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's ``malloc_trim``). A burst of new jobs briefly
+    holds hundreds of events, bodies and responses at once; once they are freed, glibc keeps the pages for
+    reuse, and the operator's resident memory, which is what a memory limit counts, stays at the burst's
+    peak. Elsewhere (musl, macOS) there is nothing to do."""
+    trim = _MALLOC_TRIM.get("trim")
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> dict[str, Any]:
+    try:
+        return {"trim": ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim}
+    except (OSError, AttributeError):
+        return {}
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def handled_by_kopf(job: dict[str, Any]) -> bool:
@@ -275,11 +300,14 @@ def _reconcile_once(job: dict[str, Any], *, retry: int, logger: logging.Logger, 
         # mirror write since then makes it a 409 too, so that child is as fresh as it needs to be.
         just_made = [child] if new and made else []
 
-        def compute(current: dict[str, Any]) -> dict[str, Any]:
-            fresh = just_made.pop() if just_made else _fresh(backend, child, job)
-            return _status(current, backend, fresh, applied=meta.get("generation") or 1, workload=workload)
+        shown: list[dict[str, Any] | None] = [None]
 
-        _write_status(namespace, name, compute, first=job if new else None)
+        def compute(current: dict[str, Any]) -> dict[str, Any]:
+            shown[0] = just_made.pop() if just_made else _fresh(backend, child, job)
+            return _status(current, backend, shown[0], applied=meta.get("generation") or 1, workload=workload)
+
+        if _write_status(namespace, name, compute, first=job if new else None):
+            _shown(shown[0])
         if created:
             kopf.info(job, reason="Created", message=f"Created {' and '.join(created)}")
             logger.info(f"Created {' and '.join(created)}")
@@ -612,15 +640,15 @@ def _ensure_workload_active(spec: dict[str, Any], child: dict[str, Any]) -> dict
 
 
 def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]], dict[str, Any]], *,
-                  first: dict[str, Any] | None = None) -> None:
+                  first: dict[str, Any] | None = None) -> bool:
     """Read the job, compute its new status, write what changed; on a concurrent write (409), again. ``first``:
     the job as the caller has it, for the first attempt instead of a read (its resourceVersion guards the
-    write just as well)."""
+    write just as well). False when the job is gone."""
     for _ in range(STATUS_WRITE_ATTEMPTS):
         try:
             current, first = first or kube.get_job(namespace, name), None
         except kube.NotFound:
-            return  # deleted meanwhile: nothing to report on
+            return False  # deleted meanwhile: nothing to report on
         old, new = current.get("status") or {}, compute(current)
         if new != old:
             patch = {key: new.get(key) for key in {*old, *new}}  # None removes a key in a merge patch
@@ -632,27 +660,46 @@ def _write_status(namespace: str, name: str, compute: Callable[[dict[str, Any]],
                 raise
             if new.get("phase") != old.get("phase") and new.get("phase") == Phase.FAILED.value:
                 metrics.JOB_FAILURES.labels(namespace=namespace, job_name=name, reason=new.get("reason") or "").inc()
-            if new.get("phase") != old.get("phase") and new.get("phase"):
+            if new.get("phase") != old.get("phase") and new.get("phase") and (
+                    old.get("phase") or new["phase"] != Phase.PENDING.value):  # a new job's "Created" says it
                 kopf.event(current, type="Warning" if new["phase"] == Phase.FAILED.value else "Normal",
                            reason=new["phase"], message=new.get("message") or f"Job is {new['phase']}")
         metrics.JOBS.record(namespace, name, new.get("phase"))
-        return
+        return True
     raise _fail("Conflict", kopf.TemporaryError(f"{api.KIND} {namespace}/{name} kept changing while its status "
                                                 "was written", delay=1))
+
+
+SHOWN: dict[str, str] = {}
+"""Child uid -> the resourceVersion of the child its owner's status was last computed from, and written (or found
+true already). A child event at that version has nothing to show: the event of a child just created and shown by
+its reconciliation, and every child again when a watch is re-listed."""
+
+
+def _shown(child: dict[str, Any] | None) -> None:
+    if child is not None:
+        SHOWN[child["metadata"]["uid"]] = child["metadata"].get("resourceVersion") or ""
 
 
 def mirror_child(backend: Backend, event: kopf.RawEvent, body: kopf.Body, namespace: str, labels: kopf.Labels,
                  logger: logging.Logger, **_: Any) -> None:
     """Every change of a child (Kubeflow's controllers, Kueue, TTL deletion) shows on its owner's status. A
     deletion's event carries the object as it was last: its final conditions are what the run ended with."""
+    meta = body.get("metadata", {})
+    if event.get("type") == "DELETED":
+        SHOWN.pop(meta.get("uid"), None)
+    elif SHOWN.get(meta.get("uid")) == meta.get("resourceVersion"):
+        return
     child = _plain(body)
     controller = _controller_uid(child)
     name = labels[api.LABEL_JOB_NAME]
     workload: dict[str, Any] | None = None
+    owned = [False]
 
     def compute(current: dict[str, Any]) -> dict[str, Any]:
         nonlocal workload
-        if current["metadata"].get("uid") != controller or current["metadata"].get("deletionTimestamp"):
+        owned[0] = current["metadata"].get("uid") == controller and not current["metadata"].get("deletionTimestamp")
+        if not owned[0]:
             return current.get("status") or {}  # another (earlier) job's child, or this job is going away
         status = _status(current, backend, child)
         if status.get("reason") == Reason.QUEUED and workload is None and event.get("type") != "DELETED":
@@ -665,7 +712,8 @@ def mirror_child(backend: Backend, event: kopf.RawEvent, body: kopf.Body, namesp
 
     with metrics.reconciling():
         try:
-            _write_status(namespace, name, compute)
+            if _write_status(namespace, name, compute) and owned[0] and event.get("type") != "DELETED":
+                _shown(child)
         except kube.API_FAILURES as e:
             # Not lost: the resync timer reconciles this job again; the metric and log say it happened.
             metrics.RECONCILE_ERRORS.labels(reason=kube.error_reason(e)).inc()
