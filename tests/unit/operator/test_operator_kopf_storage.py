@@ -30,15 +30,18 @@ ANNOTATED = {
 }
 
 
+@pytest.mark.parametrize("extra_fields", [None, [("spec",)], [("spec",), ("status", "phase"), ("metadata", "generation"),
+                                                                ("status", "absent")]])
 @pytest.mark.parametrize("metadata", [{}, ANNOTATED], ids=["plain", "annotated"])
-def test_the_essence_is_the_one_kopfs_own_storages_build(metadata: dict[str, Any]) -> None:
+def test_the_essence_is_the_one_kopfs_own_storages_build(metadata: dict[str, Any], extra_fields: Any) -> None:
     body = job(**metadata)
-    ours = kopf_storage.MemoryDiffBaseStorage().build(body=body)
-    theirs = kopf.AnnotationsDiffBaseStorage(prefix="kubefusion.io", key="last-handled-configuration").build(body=body)
+    ours = kopf_storage.MemoryDiffBaseStorage().build(body=body, extra_fields=extra_fields)
+    theirs = kopf.AnnotationsDiffBaseStorage(prefix="kubefusion.io", key="last-handled-configuration").build(
+        body=body, extra_fields=extra_fields)
     assert ours == theirs
     cleared = kopf_storage.MemoryProgressStorage().clear(essence=ours)
     assert cleared == kopf.AnnotationsProgressStorage(prefix="kubefusion.io").clear(essence=theirs)
-    assert "status" not in ours and "managedFields" not in str(ours)
+    assert ("status" in ours) == bool(extra_fields and len(extra_fields) > 1) and "managedFields" not in str(ours)
     ours["spec"]["data"]["path"] = "changed"  # a copy: the body is untouched
     assert body["spec"]["data"]["path"] == "gs://b/"
 
