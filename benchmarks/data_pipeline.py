@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import io
 import os
+import statistics
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -140,9 +142,22 @@ def measure(kind: str, root: Path, image_size: int, rounds: int, with_naive: boo
     contents = [Path(r.image_path).read_bytes() for r in records]
     epoch = iter(range(10**6))
 
+    ends: dict[str, list[float]] = {"start": [], "end": []}
+
     def pipeline() -> float:
         batches = torch_batches(encoded, image_size=image_size, batch_size=BATCH, seed=0, epoch=next(epoch))
-        return len(records) / timed(lambda: sum(len(b["label"]) for b in batches))
+
+        def one_epoch() -> None:
+            """Also notes the epoch's fixed ends: building the dataset up to its first batch, and what follows
+            the last batch (tf.data tearing the epoch's iterator down)."""
+            started = last = time.perf_counter()
+            for batch in batches:
+                if last == started:
+                    ends["start"].append(time.perf_counter() - started)
+                last = time.perf_counter()
+            ends["end"].append(time.perf_counter() - last)
+
+        return len(records) / timed(one_epoch)
 
     with ThreadPoolExecutor(cpus()) as pool:
         trials = {"pipeline": pipeline, "floor": DecodeFloor(contents, image_size),
@@ -152,7 +167,8 @@ def measure(kind: str, root: Path, image_size: int, rounds: int, with_naive: boo
             trials["naive"] = lambda: len(records) / timed(lambda: naive_epoch(
                 records, tokenizer, image_size=image_size, max_tokens=MAX_TOKENS, batch_size=BATCH, seed=0))
         log(f"data_pipeline [{kind}]: {len(records)} records, {rounds} rounds")
-        return interleave(trials, rounds=rounds, warmup=1, progress=log)
+        rates = interleave(trials, rounds=rounds, warmup=1, progress=log)
+    return {**rates, **{f"epoch_{k}": v[1:] for k, v in ends.items()}}  # the warm-up round's dropped
 
 
 def rows_for(kind: str, what: str, rates: dict[str, list[float]], records: int) -> list[Row]:
@@ -180,8 +196,12 @@ def rows_for(kind: str, what: str, rates: dict[str, list[float]], records: int) 
              f"rounding, not training's pixels): pipeline / PIL {paired(rates['pipeline'], rates['pil']).format()}.",
         if_missed=(f"a bare tf.data map of the same decode reaches {paired(rates['tfdata'], rates['floor']).median:.2f}x"
                    f" of the floor (tf.data's call per record against one graph call per {BATCH} images) and the "
-                   f"pipeline {paired(rates['pipeline'], rates['tfdata']).median:.2f}x of that map (its shuffled "
-                   f"order, the per-batch gather of tokens and numbers, the hand-over to torch)"
+                   f"pipeline {paired(rates['pipeline'], rates['tfdata']).median:.2f}x of that map, whose dataset "
+                   f"is built outside its timing: each epoch of the pipeline builds its own and waits "
+                   f"{1000 * statistics.median(rates['epoch_start']):.0f} ms for the first batch and "
+                   f"{1000 * statistics.median(rates['epoch_end']):.0f} ms after the last (tf.data stopping the "
+                   f"iterator's autotuning; medians), in an epoch of "
+                   f"{1000 * records / statistics.median(rates['pipeline']):.0f} ms"
                    + ("; with images this small, decoding one costs about what tf.data spends on each element"
                       if kind == "small" else "")
                    + "; see docs/benchmarks.md.")))

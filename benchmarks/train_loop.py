@@ -159,11 +159,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
         log(f"train_loop: demo model, {len(batches)} steps of {job.training.batch_size_per_gpu}, "
             f"{torch.get_num_threads()} torch threads, {rounds} rounds")
-        seconds = interleave({
-            "loop": lambda: trial("loop", lambda: real_loop(job, data, preprocessor, metrics,
-                                                            Path(tmp) / f"run-{next(outputs)}")),
-            "bare": lambda: trial("bare", lambda: bare_loop(job, inputs, classes, len(columns))),
-        }, rounds=rounds, warmup=1, progress=log)
+        written: list[int] = []
+
+        def loop_trial() -> float:
+            output = Path(tmp) / f"run-{next(outputs)}"
+            wall = trial("loop", lambda: real_loop(job, data, preprocessor, metrics, output))
+            written.append(sum(f.stat().st_size for f in [*output.glob("checkpoints/fused/step-*.pt"),
+                                                          output / "model.pt"]))
+            return wall
+
+        seconds = interleave({"loop": loop_trial,
+                              "bare": lambda: trial("bare", lambda: bare_loop(job, inputs, classes, len(columns)))},
+                             rounds=rounds, warmup=1, progress=log)
     cpu = {name: values[1:] for name, values in cpu.items()}  # the warm-up round's are dropped too
     steps_per_s = {name: [len(batches) / s for s in values] for name, values in seconds.items()}
     every = job.training.checkpoint_every_steps
@@ -180,8 +187,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
         note=f"The loop also preprocesses every batch (onnxruntime, prefetch thread), writes a checkpoint every "
              f"{every} steps and at the epoch end plus model.pt (on a background thread), and logs every step "
              f"(steps log, Prometheus, TensorBoard, status.json).",
-        if_missed="on a machine whose cores are all busy, steps/s follows CPU seconds: the next row gives the "
-                  "CPU the loop's own work takes (mostly serialising the checkpoints); see docs/benchmarks.md.")
+        if_missed=f"on a machine whose cores are all busy, steps/s follows CPU seconds: the next row gives the "
+                  f"CPU the loop's own work takes, much of it writing {max(written) / 1e6:.0f} MB of checkpoints and "
+                  f"model.pt per epoch of {len(batches)} steps (the last checkpoint and model.pt while the loop "
+                  f"waits for them at its end); see docs/benchmarks.md.")
     cpu_row = Row(
         measured=f"{measured}: CPU seconds of the whole process (every thread), per epoch",
         value=f"loop {describe(cpu['loop'], 's', 2)}", baseline=f"{baseline}: {describe(cpu['bare'], 's', 2)}",
