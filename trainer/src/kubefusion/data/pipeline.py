@@ -35,6 +35,7 @@ its records k*B .. k*B+B-1). Images reach torch through ``torch.from_numpy`` on 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -225,18 +226,9 @@ class _EpochPlan:
         batch k holds ``rows[k * B:(k + 1) * B]``)."""
         tf = _tf()
         paths = self.encoded.image_paths[self.rows].astype(bytes)
-
-        def load(path: Any) -> Any:
-            return decode_and_resize(tf.io.read_file(path), image_size)
-
-        def load_or_blank(path: Any) -> Any:
-            return tf.cond(tf.strings.length(path) > 0, lambda: load(path),
-                           lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
-
-        # The branch only where some record has no image (``missingModality: keep``).
-        every_image = bool(np.all(paths != b""))
         ds = tf.data.Dataset.from_tensor_slices(paths)
-        ds = ds.map(load if every_image else load_or_blank, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(_image_loader(image_size, every_image=bool(np.all(paths != b""))),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
         threads = threads or default_threads()
         if threads:
@@ -288,6 +280,23 @@ def torch_batches(records: Sequence[Record] | EncodedRecords, *, image_size: int
         # EagerTensor.numpy() shares the tensor's buffer; from_numpy shares the array's: no copy either way.
         batch = {"image": images.numpy(), **plan.columns(rows), "valid": plan.valid[at].copy(), "index": rows.copy()}
         yield {key: torch.from_numpy(batch[key]) for key in BATCH_KEYS}
+
+
+@functools.lru_cache(maxsize=None)
+def _image_loader(image_size: int, *, every_image: bool) -> Any:
+    """path -> uint8 [image_size, image_size, 3], traced once per process and reused by every epoch's dataset
+    (tracing it anew took about half of building one). The branch for a record without an image
+    (``missingModality: keep``: zeros) only where some record has none."""
+    tf = _tf()
+
+    def load(path: Any) -> Any:
+        return decode_and_resize(tf.io.read_file(path), image_size)
+
+    def load_or_blank(path: Any) -> Any:
+        return tf.cond(tf.strings.length(path) > 0, lambda: load(path),
+                       lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
+
+    return tf.function(load if every_image else load_or_blank, input_signature=[tf.TensorSpec([], tf.string)])
 
 
 def _tf() -> Any:
