@@ -188,3 +188,22 @@ def test_the_tf_data_dataset_and_the_torch_batches_are_the_same_batches(id_datas
                     blanks += 1
                     assert ours["image"][row].sum() == 0 and not ours["modality_mask"][row, 0]
     assert blanks == (1 if keep_missing else 0)
+
+
+def test_a_finished_epochs_tf_data_iterator_is_released_off_the_training_thread(encoded, monkeypatch):
+    import threading
+    import weakref
+
+    from kubefusion.data import pipeline
+
+    released, keep = [], pipeline._keep_until_done
+
+    def recording(iterator):
+        released.append((threading.current_thread().name, weakref.ref(iterator)))
+        keep(iterator)
+
+    monkeypatch.setattr(pipeline, "_keep_until_done", recording)
+    assert len(list(torch_batches(encoded, image_size=4, batch_size=5))) == 5
+    pipeline._RETIRING.submit(lambda: None).result()  # the retiring thread is done with the iterator
+    [(thread, iterator)] = released
+    assert thread.startswith("kubefusion-tfdata-retire") and iterator() is None

@@ -39,6 +39,7 @@ import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,15 +272,35 @@ def torch_batches(records: Sequence[Record] | EncodedRecords, *, image_size: int
     import torch  # noqa: PLC0415 (only training imports torch; validate must not)
 
     plan = _EpochPlan.of(records, **options)
-    for k, images in enumerate(plan.images(image_size, threads)):
-        at = slice(k * plan.batch_size, (k + 1) * plan.batch_size)
-        rows = plan.rows[at]
-        if len(rows) != images.shape[0]:  # the map keeps its order (deterministic), so this cannot happen
-            raise RuntimeError(f"input pipeline out of step: batch {k} has {images.shape[0]} images for "
-                               f"{len(rows)} records")
-        # EagerTensor.numpy() shares the tensor's buffer; from_numpy shares the array's: no copy either way.
-        batch = {"image": images.numpy(), **plan.columns(rows), "valid": plan.valid[at].copy(), "index": rows.copy()}
-        yield {key: torch.from_numpy(batch[key]) for key in BATCH_KEYS}
+    iterator = iter(plan.images(image_size, threads))
+    try:
+        for k, images in enumerate(iterator):
+            at = slice(k * plan.batch_size, (k + 1) * plan.batch_size)
+            rows = plan.rows[at]
+            if len(rows) != images.shape[0]:  # the map keeps its order (deterministic), so this cannot happen
+                raise RuntimeError(f"input pipeline out of step: batch {k} has {images.shape[0]} images for "
+                                   f"{len(rows)} records")
+            # EagerTensor.numpy() shares the tensor's buffer; from_numpy shares the array's: no copy either way.
+            batch = {"image": images.numpy(), **plan.columns(rows), "valid": plan.valid[at].copy(),
+                     "index": rows.copy()}
+            yield {key: torch.from_numpy(batch[key]) for key in BATCH_KEYS}
+    finally:
+        _retire(iterator)
+        del iterator
+
+
+_RETIRING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubefusion-tfdata-retire")
+
+
+def _retire(iterator: Any) -> None:
+    """Drop the last reference to a finished tf.data iterator on a thread of its own: deleting one waits for
+    its autotuning thread to stop, 0.1-0.2 s per epoch on the development machine (measured in
+    benchmarks/data_pipeline.py), which the training thread and the next epoch need not wait for."""
+    _RETIRING.submit(_keep_until_done, iterator)
+
+
+def _keep_until_done(iterator: Any) -> None:
+    del iterator  # the executor's thread holds the last reference; it goes when this task does
 
 
 @functools.lru_cache(maxsize=None)
