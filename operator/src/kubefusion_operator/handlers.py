@@ -173,14 +173,18 @@ async def _resync_forever(jobs: dict[tuple[str, str], str], settings: kopf.Opera
     resync still runs is skipped, so a slow API server is not queued up on."""
     loop = asyncio.get_running_loop()
     running: set[Any] = set()
+    trimmed = float("-inf")
     while True:
-        release_free_memory()
         keys = list(jobs)
         random.shuffle(keys)
         gap = OPTIONS.resync_seconds / max(len(keys), 1)
         if not keys:
+            release_free_memory()
             await asyncio.sleep(gap)
         for key in keys:
+            if loop.time() - trimmed >= TRIM_SECONDS:
+                release_free_memory()
+                trimmed = loop.time()
             await asyncio.sleep(gap)
             body = jobs.get(key)
             if body is None or key in running:
@@ -194,6 +198,10 @@ async def _resync_forever(jobs: dict[tuple[str, str], str], settings: kopf.Opera
             context = _RESYNC.get("context") or contextvars.copy_context()
             future = loop.run_in_executor(settings.execution.executor, context.copy().run, resync, job)
             future.add_done_callback(lambda _, key=key: running.discard(key))
+
+
+TRIM_SECONDS = 10.0
+"""How often the resync loop hands free heap pages back (a call takes about a millisecond)."""
 
 
 def release_free_memory() -> None:
