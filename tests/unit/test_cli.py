@@ -19,6 +19,16 @@ def test_a_group_of_commands_has_help(capsys):
     assert code == 2 and "data validate" in err
     code, _, err = run(capsys, "data", "bogus")
     assert code == 2 and err.endswith("error: unknown command 'data bogus'\n") and "data synth" in err
+    assert run(capsys, "help", "data") == run(capsys, "data", "--help")  # not the top-level help
+
+
+def test_help_names_a_command(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["help", "data", "synth"])
+    out, _ = capsys.readouterr()
+    assert done.value.code == 0 and out.startswith("usage: kubefusion data synth")
+    code, _, err = run(capsys, "help", "bogus")
+    assert code == 2 and err.endswith("error: unknown command 'bogus'\n")
 
 
 def test_an_option_value_may_be_negative_numbers(capsys, tmp_path):

@@ -65,6 +65,8 @@ def _find(argv: list[str]) -> tuple[tuple[str, ...], str, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "help":
+        argv = [*argv[1:], "--help"]  # `kubefusion help data` is `kubefusion data --help`, as in git and go
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_usage(group), file=sys.stdout if len(argv) > 1 else sys.stderr)
             return 0 if len(argv) > 1 else 2
         print(_usage(group), file=sys.stderr)
-        print(f"\nerror: unknown command {' '.join(argv[:2])!r}", file=sys.stderr)
+        named = " ".join(word for word in argv[:2] if word not in ("-h", "--help", "help"))
+        print(f"\nerror: unknown command {named!r}", file=sys.stderr)
         return 2
     words, module_name, help_ = entry
     parser = Parser(prog="kubefusion " + " ".join(words), description=help_)
