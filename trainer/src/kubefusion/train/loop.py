@@ -28,6 +28,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +82,19 @@ class Session:
 
 
 # ------------------------------------------------------------------------------------- precision, seeds
+
+
+
+@contextlib.contextmanager
+def _scheduler_after_a_skipped_step() -> Any:
+    """fp16's GradScaler skips the optimizer step of a batch whose gradients overflow (the first ones, while it
+    finds its scale), and PyTorch then warns that the schedule stepped before the optimizer. The schedule is
+    meant to follow the step count that checkpoints and resume use, skipped steps included; asking the scaler
+    whether it skipped would cost a device sync on every step. So that one warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                                                  r"`optimizer\.step\(\)`", category=UserWarning)
+        yield
 
 
 def precision_setup(precision: str, device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler]:
@@ -251,7 +265,8 @@ def train_stage(session: Session, stage: Stage) -> MultimodalClassifier:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        with _scheduler_after_a_skipped_step() if scaler.is_enabled() else contextlib.nullcontext():
+            scheduler.step()
         return result
 
     # ---- rank-0 reporting ------------------------------------------------------------------------------
