@@ -37,6 +37,7 @@ def test_torchrun_command_is_standalone_on_the_given_port():
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     text = " ".join(command)
     assert "--nproc-per-node 2" in text and "--rdzv-endpoint 127.0.0.1:29511" in text
+    assert "--log-dir /o/logs/torchrun" in text  # with the run, not a /tmp/torchelastic_* left behind
     assert text.endswith("-m kubefusion train --config /j.yaml --artifacts /o/artifacts --output /o --data /o/data")
 
 

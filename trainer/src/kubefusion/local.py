@@ -7,8 +7,8 @@ What the operator does with pods, this does on one machine, with the same job fi
 3. the ``pytorch`` container's step, under torchrun with a standalone rendezvous on a free local port::
 
        python -m torch.distributed.run --nnodes 1 --nproc-per-node N --rdzv-backend c10d \\
-           --rdzv-endpoint 127.0.0.1:PORT -m kubefusion train --config JOB.yaml --artifacts DIR/artifacts \\
-           --output DIR
+           --rdzv-endpoint 127.0.0.1:PORT --max-restarts 0 --log-dir DIR/logs/torchrun \\
+           -m kubefusion train --config JOB.yaml --artifacts DIR/artifacts --output DIR
 
    N comes from :func:`plan_processes`: nodes collapse onto this one machine, so the job's
    ``nodes x gpusPerNode`` processes, capped by the GPUs here (NCCL) or, without GPUs, by the CPU cores
@@ -89,6 +89,9 @@ def torchrun_command(plan: LocalPlan, *, job_file: Path, artifacts: Path, output
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                "--nproc-per-node", str(plan.processes), "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"127.0.0.1:{port}", "--max-restarts", "0",
+               # torchrun's own records (a failed rank's error.json) stay with the run, not in a new
+               # /tmp/torchelastic_* folder that nothing ever removes
+               "--log-dir", str(output / "logs" / "torchrun"),
                "-m", "kubefusion", "train", "--config", str(job_file), "--artifacts", str(artifacts),
                "--output", str(output)]
     if data is not None:
