@@ -80,7 +80,7 @@ def reference(setup):
     output.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-               str(HERE / "ddp_param_probe.py"), str(setup["job"]), str(setup["artifacts"]), str(setup["data"]),
+               "--log-dir", str(output / "torchrun"), str(HERE / "ddp_param_probe.py"), str(setup["job"]), str(setup["artifacts"]), str(setup["data"]),
                str(output)]
     done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
