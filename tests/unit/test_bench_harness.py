@@ -204,6 +204,27 @@ def test_with_the_operators_cpu_time_the_row_says_what_a_burst_costs():
     assert "a burst of 500 needs 20 s of a whole core, where a p99 under 1 s asks for under 2 ms" in large.if_missed
 
 
+def test_with_every_process_cpu_time_the_row_says_whether_any_operator_could_meet_the_goal():
+    """Measured 2026-12-05 at 500 jobs: the API server's own writes for the burst take longer than the goal
+    allows on 2 cores, so the row says an operator that cost nothing would miss it too; at 100 jobs they do not."""
+    costs = {"create the job (the client's)": 6.6, "create its ConfigMap": 1.8, "create its PyTorchJob": 12.8,
+             "write its status": 11.8, "post its Event": 1.3}
+    cpu = {"operator_cpu_ms_per_job": 16.0, "api_cpu_ms_per_job": 34.0, "client_cpu_ms_per_job": 2.0,
+           "baseline_api_cpu_ms_per_object": 2.7}
+    sizes = {"100": {**OPERATOR_FIGURES["sizes"]["100"], **cpu},
+             "500": {**OPERATOR_FIGURES["sizes"]["500"], **cpu, "apply_seconds": 5.0}}
+    small, large, _ = run_all.operator_scale_rows(
+        {**OPERATOR_FIGURES, "sizes": sizes, "cores": 2, "request_costs": costs}, "cmd")
+    assert "API server + etcd: 34 ms per job (2.7 ms per PyTorchJob created directly)" in large.note
+    assert "per job the operator used 16 ms of CPU, the API server with etcd 34 ms, the client 2.0 ms" in large.if_missed
+    assert "write its status 11.8 ms" in large.if_missed and "34 ms in all" in large.if_missed
+    # (34 + 2) ms x 500 jobs / 2 cores = 9 s, after creates that ended at 5 s: more than 1 s later
+    assert "alone is 9.0 s of all 2 cores for 500 jobs" in large.if_missed
+    assert "even an operator that cost nothing could not have every child out within 1 s" in large.if_missed
+    small_missed = run_all._latency_missed(100, sizes["100"], 2, costs)
+    assert "1.8 s of all 2 cores" in small_missed and "cost nothing" not in small_missed
+
+
 def test_over_150_mb_the_memory_row_is_missed():
     heavy = {**OPERATOR_FIGURES, "rss_mib": 150.0}  # 150 MiB = 157 MB
     assert run_all.operator_scale_rows(heavy, "cmd")[-1].met is False
