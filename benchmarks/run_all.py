@@ -150,8 +150,9 @@ def _latency_missed(size: int, result: Mapping[str, Any], cores: int | None = No
                  f"{size} jobs")
         if floor > result["apply_seconds"] + OPERATOR_P99_GOAL_SECONDS:
             text += (f", while the creates ended {result['apply_seconds']:.1f} s after the first: even an operator "
-                     f"that cost nothing could not have every child out within {OPERATOR_P99_GOAL_SECONDS:g} s on "
-                     "this machine, where the API server shares the cores with the operator and the client")
+                     "that cost nothing, writing each job's status as it goes, could not have the last children out "
+                     f"within {OPERATOR_P99_GOAL_SECONDS:g} s of their creates on this machine, where the API server "
+                     "shares the cores with the operator and the client")
     elif cpu_ms:
         text += (f"; at {cpu_ms:.0f} ms of operator CPU per job a burst of {size} needs {size * cpu_ms / 1000:.0f} s "
                  f"of a whole core, where a p99 under {OPERATOR_P99_GOAL_SECONDS:g} s asks for under "

@@ -122,11 +122,17 @@ class MemoryProgressStorage(kopf.AnnotationsProgressStorage):
             self._records.pop((_uid(body), str(key)), None)
 
     def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
-        """The essence without our annotations (kopf's, and ours), copied through JSON (see the diffbase's
-        build)."""
-        essence = json.loads(json.dumps(essence))
-        annotations = essence.get("metadata", {}).get("annotations", {})
-        self.remove_annotations(essence, {key for key in annotations if key.startswith(f"{self.prefix}/")})
+        """The essence without our annotations (kopf's, and ours). kopf calls this twice for every event of every
+        job, on essences that are its own already (just built, or just fetched), and almost never with anything to
+        remove: then it is the essence itself, else a copy of the part that changes."""
+        metadata = essence.get("metadata", {})
+        ours = {key for key in metadata.get("annotations", {}) if key.startswith(f"{self.prefix}/")}
+        empty = any(key in metadata and not metadata[key] for key in ("labels", "annotations")) or any(
+            key in essence and not essence[key] for key in ("metadata", "status"))
+        if not ours and not empty:
+            return essence
+        essence = {**essence, "metadata": dict(metadata)} if "metadata" in essence else dict(essence)
+        self.remove_annotations(essence, ours)
         self.remove_empty_stanzas(essence)
         return essence
 

@@ -46,6 +46,21 @@ def test_the_essence_is_the_one_kopfs_own_storages_build(metadata: dict[str, Any
     assert body["spec"]["data"]["path"] == "gs://b/"
 
 
+def test_clearing_copies_only_when_there_is_something_to_remove() -> None:
+    """kopf clears two essences per event of every job; almost none hold our annotations, and copying each one
+    through JSON was about 5% of the operator's CPU in a burst of new jobs."""
+    storage = kopf_storage.MemoryProgressStorage()
+    plain = {"spec": {"image": "trainer:1"}, "metadata": {"labels": {"team": "vision"}}}
+    assert storage.clear(essence=plain) is plain
+    marked = {"spec": {"image": "trainer:1"},
+              "metadata": {"annotations": {"kubefusion.io/touch-dummy": "now", "example.com/owner": "ana"}}}
+    cleared = storage.clear(essence=marked)
+    assert cleared == {"spec": {"image": "trainer:1"}, "metadata": {"annotations": {"example.com/owner": "ana"}}}
+    assert marked["metadata"]["annotations"] == {"kubefusion.io/touch-dummy": "now", "example.com/owner": "ana"}
+    only_ours = {"spec": {}, "metadata": {"annotations": {"kubefusion.io/touch-dummy": "now"}}}
+    assert storage.clear(essence=only_ours) == {"spec": {}}  # empty stanzas go, as in kopf's own
+
+
 def test_the_diffbase_is_kept_per_job_and_never_written_to_the_job() -> None:
     storage, first, second = kopf_storage.MemoryDiffBaseStorage(), job("uid-1"), job("uid-2")
     patch = kopf.Patch()
