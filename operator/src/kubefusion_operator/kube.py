@@ -47,18 +47,17 @@ def client() -> kubernetes.client.ApiClient:
         return _client
 
 
-def custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(client())
+def _request(method: str, path: str, body: Any = None, *,
+             content_type: str = "application/json") -> dict[str, Any]:
+    """One request to the API server with the client's credentials and connections, answered as plain JSON data;
+    a status other than 2xx raises ``ApiException`` as the client's typed API classes do.
 
-
-def _core(method: str, path: str, body: Any = None, *,
-          content_type: str = "application/json") -> dict[str, Any]:
-    """One request to a built-in API (``/api/v1/...``, ``/apis/authentication.k8s.io/...``) with the client's
-    credentials and connections, answered as plain JSON data; a status other than 2xx raises ``ApiException``
-    as the typed API classes do. Not through ``CoreV1Api`` or ``AuthenticationV1Api``: since the client's move to
-    pydantic (v36) their first use builds a model class for every type of those API groups: seconds of CPU and
-    tens of MiB of resident memory for good, for the three kinds the operator reads (docs/operator.md, "The
-    operator at scale")."""
+    Every call of the operator goes through here rather than through ``CustomObjectsApi``, ``CoreV1Api`` or
+    ``AuthenticationV1Api``. Since the client's move to pydantic (v36), the first use of a typed core API builds a
+    model class for every type of its API group: seconds of CPU and tens of MiB of resident memory for good, for
+    the three kinds the operator reads (docs/operator.md, "The operator at scale"). The typed custom-object API
+    costs no such start, but each of its calls is validated by pydantic and goes through generated code on top of
+    this same path: a tenth more client CPU per request, for nothing the operator uses."""
     api = client()
     headers = {"Accept": "application/json"}
     if body is not None:
@@ -68,6 +67,16 @@ def _core(method: str, path: str, body: Any = None, *,
     response = api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
     response.read()
     return api.response_deserialize(response, {"2XX": "object"}).data
+
+
+MERGE_PATCH = "application/merge-patch+json"
+"""What a patch of a custom resource is (they take no strategic merge): RFC 7386, ``None`` removes a key."""
+
+
+def _custom(group: str, version: str, namespace: str | None, plural: str, name: str = "", subresource: str = "") -> str:
+    """The path of a custom resource (or of its collection, without ``name``)."""
+    path = f"/apis/{group}/{version}" + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
+    return path + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
 
 
 DISCOVERY_SECONDS = 2.0
@@ -89,7 +98,7 @@ def served(backend: Backend) -> bool:
         asked, plurals = _discovery.get(key, (float("-inf"), frozenset()))
     if now - asked >= DISCOVERY_SECONDS:
         try:
-            resources = _core("GET", f"/apis/{backend.group}/{backend.version}").get("resources") or []
+            resources = _request("GET", f"/apis/{backend.group}/{backend.version}").get("resources") or []
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -110,8 +119,8 @@ def get_training_runtime(name: str) -> dict[str, Any]:
     """The ClusterTrainingRuntime ``name`` (TrainJobs run on it); :class:`NotFound` when it or its CRD is
     missing."""
     try:
-        return custom().get_cluster_custom_object(api.TRAINER_GROUP, api.TRAINER_VERSION,
-                                                  api.CLUSTER_TRAINING_RUNTIMES, name, _request_timeout=REQUEST_TIMEOUT)
+        return _request("GET", _custom(api.TRAINER_GROUP, api.TRAINER_VERSION, None, api.CLUSTER_TRAINING_RUNTIMES,
+                                       name))
     except ApiException as e:
         if e.status == 404:
             raise NotFound(f"{api.CLUSTER_TRAINING_RUNTIME_KIND} {name}") from e
@@ -123,8 +132,7 @@ def get_training_runtime(name: str) -> dict[str, Any]:
 
 def get_job(namespace: str, name: str) -> dict[str, Any]:
     try:
-        return custom().get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
-                                                     _request_timeout=REQUEST_TIMEOUT)
+        return _request("GET", _custom(api.GROUP, api.VERSION, namespace, api.PLURAL, name))
     except ApiException as e:
         if e.status == 404:
             raise NotFound(f"{api.KIND} {namespace}/{name}") from e
@@ -134,8 +142,8 @@ def get_job(namespace: str, name: str) -> dict[str, Any]:
 def patch_job_status(namespace: str, name: str, status: dict[str, Any], resource_version: str) -> dict[str, Any]:
     """Merge-patch ``status``, only if the job is still at ``resource_version`` (else 409: re-read, retry)."""
     body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-    return custom().patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
-                                                          body, _request_timeout=REQUEST_TIMEOUT)
+    return _request("PATCH", _custom(api.GROUP, api.VERSION, namespace, api.PLURAL, name, "status"), body,
+                    content_type=MERGE_PATCH)
 
 
 # ---------------------------------------------------------------------------------------- children
@@ -144,8 +152,7 @@ def patch_job_status(namespace: str, name: str, status: dict[str, Any], resource
 def get_child(backend: Backend, namespace: str, name: str) -> dict[str, Any]:
     """The backend's child (PyTorchJob, TrainJob) ``name``; :class:`NotFound` when it, or its CRD, is missing."""
     try:
-        return custom().get_namespaced_custom_object(backend.group, backend.version, namespace, backend.plural, name,
-                                                     _request_timeout=REQUEST_TIMEOUT)
+        return _request("GET", _custom(backend.group, backend.version, namespace, backend.plural, name))
     except ApiException as e:
         if e.status == 404:
             raise NotFound(f"{backend.kind} {namespace}/{name}") from e
@@ -153,14 +160,13 @@ def get_child(backend: Backend, namespace: str, name: str) -> dict[str, Any]:
 
 
 def create_child(backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-    return custom().create_namespaced_custom_object(
-        backend.group, backend.version, body["metadata"]["namespace"], backend.plural, body,
-        _request_timeout=REQUEST_TIMEOUT)
+    return _request("POST", _custom(backend.group, backend.version, body["metadata"]["namespace"], backend.plural),
+                    body)
 
 
 def patch_child(backend: Backend, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-    return custom().patch_namespaced_custom_object(
-        backend.group, backend.version, namespace, backend.plural, name, patch, _request_timeout=REQUEST_TIMEOUT)
+    return _request("PATCH", _custom(backend.group, backend.version, namespace, backend.plural, name), patch,
+                    content_type=MERGE_PATCH)
 
 
 def workloads_owned_by(namespace: str, owner_uid: str) -> list[tuple[str, dict[str, Any]]]:
@@ -168,8 +174,7 @@ def workloads_owned_by(namespace: str, owner_uid: str) -> list[tuple[str, dict[s
     at (the newest the cluster serves); none when Kueue is not installed."""
     for version in api.KUEUE_VERSIONS:
         try:
-            listed = custom().list_namespaced_custom_object(api.KUEUE_GROUP, version, namespace, api.KUEUE_WORKLOADS,
-                                                            _request_timeout=REQUEST_TIMEOUT)
+            listed = _request("GET", _custom(api.KUEUE_GROUP, version, namespace, api.KUEUE_WORKLOADS))
         except ApiException as e:
             if e.status == 404:
                 continue
@@ -180,8 +185,8 @@ def workloads_owned_by(namespace: str, owner_uid: str) -> list[tuple[str, dict[s
 
 
 def patch_workload(version: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-    return custom().patch_namespaced_custom_object(api.KUEUE_GROUP, version, namespace, api.KUEUE_WORKLOADS, name,
-                                                   patch, _request_timeout=REQUEST_TIMEOUT)
+    return _request("PATCH", _custom(api.KUEUE_GROUP, version, namespace, api.KUEUE_WORKLOADS, name), patch,
+                    content_type=MERGE_PATCH)
 
 
 def _core_v1(namespace: str, plural: str, name: str = "") -> str:
@@ -191,7 +196,7 @@ def _core_v1(namespace: str, plural: str, name: str = "") -> str:
 def _read_core(kind: str, plural: str, namespace: str, name: str) -> dict[str, Any]:
     """One core/v1 object; :class:`NotFound` when it does not exist."""
     try:
-        return _core("GET", _core_v1(namespace, plural, name))
+        return _request("GET", _core_v1(namespace, plural, name))
     except ApiException as e:
         if e.status == 404:
             raise NotFound(f"{kind} {namespace}/{name}") from e
@@ -203,11 +208,11 @@ def get_configmap(namespace: str, name: str) -> dict[str, Any]:
 
 
 def create_configmap(body: dict[str, Any]) -> dict[str, Any]:
-    return _core("POST", _core_v1(body["metadata"]["namespace"], "configmaps"), body)
+    return _request("POST", _core_v1(body["metadata"]["namespace"], "configmaps"), body)
 
 
 def patch_configmap(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-    return _core("PATCH", _core_v1(namespace, "configmaps", name), patch,
+    return _request("PATCH", _core_v1(namespace, "configmaps", name), patch,
                  content_type="application/strategic-merge-patch+json")
 
 
@@ -255,8 +260,8 @@ def _message(error: ApiException) -> str:
 def merge_job_status(namespace: str, name: str, fields: dict[str, Any]) -> dict[str, Any]:
     """JSON-merge-patch these status fields and nothing else (no resourceVersion: the progress fields are
     written by the progress writer alone, so there is nothing to lose to a concurrent writer)."""
-    return custom().patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
-                                                          {"status": fields}, _request_timeout=REQUEST_TIMEOUT)
+    return _request("PATCH", _custom(api.GROUP, api.VERSION, namespace, api.PLURAL, name, "status"),
+                    {"status": fields}, content_type=MERGE_PATCH)
 
 
 def review_token(token: str, audience: str) -> dict[str, Any]:
@@ -264,7 +269,7 @@ def review_token(token: str, audience: str) -> dict[str, Any]:
     (``username``, ``extra`` naming the pod a bound token belongs to) and ``error``."""
     review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
               "spec": {"token": token, "audiences": [audience]}}
-    return _core("POST", "/apis/authentication.k8s.io/v1/tokenreviews", review)
+    return _request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", review)
 
 
 def get_pod(namespace: str, name: str) -> dict[str, Any]:

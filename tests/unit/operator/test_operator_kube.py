@@ -35,7 +35,7 @@ class Api:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Api:
     cluster = Api()
-    monkeypatch.setattr(kube, "_core", cluster.request)
+    monkeypatch.setattr(kube, "_request", cluster.request)
     monkeypatch.setattr(kube.time, "monotonic", lambda: cluster.now)
     monkeypatch.setattr(kube, "_discovery", {})
     return cluster
@@ -72,6 +72,42 @@ def test_built_in_objects_are_read_without_the_typed_core_api() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_every_call_is_one_plain_request_with_the_patch_type_custom_resources_take(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No call goes through the client's typed APIs (each call validated by pydantic and run through generated
+    code on top of the same request); the paths and patch types are the ones those APIs sent."""
+    sent: list[tuple[str, str, Any, str]] = []
+
+    def request(method: str, path: str, body: Any = None, *, content_type: str = "application/json") -> dict:
+        sent.append((method, path, body, content_type if body is not None else ""))
+        return {"items": []}
+    monkeypatch.setattr(kube, "_request", request)
+    child = {"metadata": {"namespace": "ml", "name": "products"}}
+    kube.get_job("ml", "products")
+    kube.patch_job_status("ml", "products", {"phase": "Running"}, "7")
+    kube.merge_job_status("ml", "products", {"progress": {}})
+    kube.get_child(PYTORCHJOB, "ml", "products")
+    kube.create_child(PYTORCHJOB, child)
+    kube.patch_child(TRAINJOB, "ml", "products", {"spec": {"suspend": True}})
+    kube.get_training_runtime("torch-distributed")
+    kube.workloads_owned_by("ml", "uid-1")
+    kube.patch_workload("v1beta2", "ml", "pytorchjob-products-1", {"spec": {"active": False}})
+    merge = "application/merge-patch+json"
+    jobs = "/apis/kubefusion.io/v1alpha1/namespaces/ml/multimodaltrainjobs/products"
+    assert sent == [
+        ("GET", jobs, None, ""),
+        ("PATCH", f"{jobs}/status", {"metadata": {"resourceVersion": "7"}, "status": {"phase": "Running"}}, merge),
+        ("PATCH", f"{jobs}/status", {"status": {"progress": {}}}, merge),
+        ("GET", "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs/products", None, ""),
+        ("POST", "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs", child, "application/json"),
+        ("PATCH", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs/products", {"spec": {"suspend": True}},
+         merge),
+        ("GET", "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/torch-distributed", None, ""),
+        ("GET", "/apis/kueue.x-k8s.io/v1beta2/namespaces/ml/workloads", None, ""),
+        ("PATCH", "/apis/kueue.x-k8s.io/v1beta2/namespaces/ml/workloads/pytorchjob-products-1",
+         {"spec": {"active": False}}, merge)]
 
 
 def test_the_resync_leaves_a_job_kopf_has_not_handled_to_kopf() -> None:
