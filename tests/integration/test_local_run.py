@@ -7,6 +7,7 @@ it with every logged step kept; a job that cannot start fails with one error lin
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -119,6 +120,46 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+REFERENCE_CPU = ("GenuineIntel", "AVX512")
+"""The CPU README's and docs/results.md's demo numbers were measured on: its vendor and torch's kernel capability.
+On another CPU torch and MKL take other code paths, which sum in another order, and a few records of a 1000-record
+split land on the other side of a decision (an AMD EPYC with AVX2 printed 91.70 for the fused model's OOD top-1
+where the page says 92.50): there the documented numbers must agree within two standard errors, not to the digit."""
+NUMBER = r"[-+]?\d+\.\d+"
+
+
+def _cpu() -> tuple[str, str]:
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    vendor = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                   if line.startswith("vendor_id")), "") if cpuinfo.exists() else ""
+    return vendor, torch.backends.cpu.get_cpu_capability()
+
+
+def _tolerance(documented: str) -> float:
+    """How far a number may move on another CPU: two standard errors of an accuracy over 1000 records for a
+    percentage (two decimals), 0.05 for a loss (four decimals), 3 points for a difference of two accuracies."""
+    decimals, value = len(documented.split(".")[1]), abs(float(documented))
+    if decimals == 2:
+        share = min(value, 100.0) / 100
+        return max(0.2, 2 * 100 * math.sqrt(share * (1 - share) / 1000))
+    return 0.05 if decimals == 4 else 3.0
+
+
+def _shown(printed: str, page: str, *, exact: bool) -> bool:
+    """Whether ``page`` shows the ``printed`` line: as it is, or (not ``exact``) with the same words and every
+    number within its tolerance."""
+    if exact or printed in page:
+        return printed in page
+    words = re.split(NUMBER, printed)
+    pattern = f"({NUMBER})".join(re.escape(part) for part in words)
+    wanted = [float(n) for n in re.findall(NUMBER, printed)]
+    return any(all(abs(float(documented) - value) <= _tolerance(documented)
+                   for documented, value in zip(match.groups(), wanted))
+               for match in re.finditer(pattern, page))
+
+
 def test_readme_and_results_page_show_the_numbers_the_demo_prints(demo):
     out, _, results = demo
     fused, base, best = results["fused"], results["baselines"], results["best_achievable"]["top1"]
@@ -130,8 +171,10 @@ def test_readme_and_results_page_show_the_numbers_the_demo_prints(demo):
         f"{' / '.join(_pct(base[m]['ood']['top1']) for m in modalities)} |",
         f"| best achievable (label noise 3%) | {_pct(best)} | {_pct(best)} |",
     ]
-    stale = [row for row in expected_readme if row not in readme]
-    assert not stale, f"README.md's demo table is stale; the demo prints now: {stale}"
+    exact = _cpu() == REFERENCE_CPU
+    how = "" if exact else f" (on {_cpu()}, not the {REFERENCE_CPU} they were measured on: within two standard errors)"
+    stale = [row for row in expected_readme if not _shown(row, readme, exact=exact)]
+    assert not stale, f"README.md's demo table is stale{how}; the demo prints now: {stale}"
 
     page = (REPO / "docs" / "results.md").read_text()
     table = [line for line in (out / "results.md").read_text().splitlines()
@@ -144,8 +187,8 @@ def test_readme_and_results_page_show_the_numbers_the_demo_prints(demo):
                      f"+{summary['fusion_gain_test_points']:.1f} points top-1 on test",
                      f"+{summary['fusion_gain_ood_points']:.1f} points on the out-of-distribution split",
                      f"top-1 ({_pct(fused['test']['top1'])}%)"]
-    stale = [line for line in expected_page if line not in page]
-    assert not stale, f"docs/results.md is stale; the demo prints now: {stale}"
+    stale = [line for line in expected_page if not _shown(line, page, exact=exact)]
+    assert not stale, f"docs/results.md is stale{how}; the demo prints now: {stale}"
 
 
 def test_a_rerun_with_a_changed_job_is_refused_naming_what_changed(demo, tmp_path):
